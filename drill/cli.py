@@ -1,0 +1,253 @@
+"""drill: the instructor's and CI's command line for the lab."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from drill import native
+from drill.scenarios import ScenarioFileError, load_program
+from drill.verify import VerifyError, VerifyResult, run_verify
+from faults import (
+    FlagStateError,
+    describe,
+    load_catalog,
+    read_document,
+    reset_flags,
+    set_flags,
+    state_path,
+)
+
+app = typer.Typer(help="Run the 3 A.M. Drill lab: start it, flip its flags, verify fixes.")
+flags_app = typer.Typer(help="List and flip the lab's flags (the instructor's switches).")
+solutions_app = typer.Typer(help="Apply or revert a reference fix from solutions/.")
+app.add_typer(flags_app, name="flags")
+app.add_typer(solutions_app, name="solution")
+console = Console()
+errors = Console(stderr=True)
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option("--root", help="The lab's source tree (default: found from the current dir)."),
+]
+
+
+def _config(root: Path | None) -> native.LabConfig:
+    return native.LabConfig.from_env(root)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _print_status(rows: list[native.ServiceStatus]) -> None:
+    table = Table("service", "url", "pid", "state")
+    for row in rows:
+        state = "[green]ready[/green]" if row.ready else f"[red]{row.detail or 'down'}[/red]"
+        table.add_row(row.name, row.url, str(row.pid or "-"), state)
+    console.print(table)
+
+
+@app.command()
+def up(
+    native_lab: Annotated[
+        bool, typer.Option("--native", help="Run services as local processes (no Docker).")
+    ] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Start just these.")] = None,
+    root: RootOption = None,
+) -> None:
+    """Start the lab."""
+    if not native_lab:
+        raise _fail("the compose lab starts with `docker compose up -d`; use `drill up --native`")
+    try:
+        _print_status(native.up(_config(root), only=only))
+    except native.LabError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def down(root: RootOption = None) -> None:
+    """Stop exactly what `drill up --native` started."""
+    stopped = native.down(_config(root))
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
+def status(root: RootOption = None) -> None:
+    """Show each service's process and readiness."""
+    rows = native.status(_config(root))
+    _print_status(rows)
+    if not all(row.ready for row in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def restart(
+    services: Annotated[list[str] | None, typer.Argument(help="Default: every service.")] = None,
+    root: RootOption = None,
+) -> None:
+    """Restart services, e.g. after changing their code."""
+    config = _config(root)
+    try:
+        _print_status(native.restart(config, services or list(native.SERVICES)))
+    except native.LabError as exc:
+        raise _fail(str(exc)) from None
+
+
+@flags_app.command("list")
+def flags_list(root: RootOption = None) -> None:
+    """Every flag, its live variant and what it does."""
+    config = _config(root)
+    catalog = load_catalog()
+    document = read_document(state_path(config.state_dir), catalog)
+    table = Table("flag", "live", "variants", "description")
+    for key, spec in catalog.flags.items():
+        variant, value, share = describe(document["flags"][key])
+        live = f"{variant} ({value!r})" + (f" for {share:g}%" if share is not None else "")
+        if variant != spec.default_variant:
+            live = f"[yellow]{live}[/yellow]"
+        table.add_row(key, live, ", ".join(spec.variants), spec.description)
+    console.print(table)
+
+
+@flags_app.command("set")
+def flags_set(
+    flag: str,
+    variant: str,
+    percent: Annotated[
+        float | None, typer.Option(help="Serve the variant to this share of requests or users.")
+    ] = None,
+    root: RootOption = None,
+) -> None:
+    """Set FLAG to VARIANT (services pick it up within a second)."""
+    config = _config(root)
+    try:
+        set_flags(config.state_dir, load_catalog(), {flag: (variant, percent)})
+    except (FlagStateError, KeyError) as exc:
+        raise _fail(str(exc).strip('"')) from None
+    share = f" for {percent:g}%" if percent is not None else ""
+    console.print(f"{flag} = {variant}{share}")
+
+
+@flags_app.command("reset")
+def flags_reset(root: RootOption = None) -> None:
+    """Every flag back to off."""
+    reset_flags(_config(root).state_dir, load_catalog())
+    console.print("every flag is at its default (off)")
+
+
+@app.command()
+def scenarios(root: RootOption = None) -> None:
+    """Check scenarios.yaml and list its scenarios."""
+    config = _config(root)
+    try:
+        program = load_program(config.root / "scenarios.yaml")
+    except ScenarioFileError as exc:
+        raise _fail(str(exc)) from None
+    table = Table("scenario", "title", "triggers", "load")
+    for name, scenario in program.scenarios.items():
+        triggers = ", ".join(
+            f"{t.flag}={t.variant}" + (f"@{t.percent:g}%" if t.percent else "")
+            for t in scenario.triggers
+        )
+        load = f"{scenario.load.users} users, {scenario.load.duration:g}s"
+        table.add_row(name, scenario.title, triggers, load)
+    console.print(table)
+
+
+def _print_result(result: VerifyResult) -> None:
+    mode = "baseline (every trigger off)" if result.baseline else "triggers on"
+    table = Table(
+        "check", "figure", "value", "bound", "result",
+        title=f"drill verify {result.scenario}: {mode}, {result.users} users, "
+        f"{result.load_seconds:g}s",
+    )  # fmt: skip
+    for check in result.checks:
+        figure = check.figure + (f" [{check.request}]" if check.request else "")
+        bound = " ".join(
+            part
+            for part in (
+                f"<= {check.max:g}" if check.max is not None else "",
+                f">= {check.min:g}" if check.min is not None else "",
+            )
+            if part
+        )
+        verdict = "[green]pass[/green]" if check.passed else "[red]FAIL[/red]"
+        table.add_row(check.name, figure, f"{check.value:.6g}", bound, verdict)
+    console.print(table)
+    console.print(f"run artifacts: {result.run_dir}")
+
+
+@app.command()
+def verify(
+    scenario: str,
+    baseline: Annotated[
+        bool, typer.Option("--baseline", help="Every trigger off: the clean baseline.")
+    ] = False,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds of load (default: the scenario's).", min=1)
+    ] = None,
+    users: Annotated[int | None, typer.Option(help="Locust users.", min=1)] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+    root: RootOption = None,
+) -> None:
+    """Prove a fix: load with the triggers on, check the SLAs. Exit 0 pass, 1 missed, 2 no run."""
+    config = _config(root)
+    try:
+        result = run_verify(
+            config.root,
+            config.state_dir,
+            scenario,
+            baseline=baseline,
+            seconds=duration,
+            users=users,
+        )
+    except (VerifyError, ScenarioFileError) as exc:
+        raise _fail(str(exc)) from None
+    _print_result(result)
+    if json_path is not None:
+        json_path.write_text(result.to_json())
+    if not result.passed:
+        errors.print("[red]SLA missed[/red]")
+        raise typer.Exit(1)
+    console.print("[green]all SLAs met[/green]")
+
+
+def _git_apply(root: Path, name: str, *extra: str) -> None:
+    patch = root / "solutions" / f"{name}.patch"
+    if not patch.exists():
+        known = ", ".join(p.stem for p in sorted((root / "solutions").glob("*.patch")))
+        raise _fail(f"no solution {name!r}; known: {known}")
+    done = subprocess.run(
+        ["git", "apply", *extra, str(patch)], cwd=root, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise _fail(f"git apply {' '.join(extra)} {patch.name} failed:\n{done.stderr.strip()}")
+
+
+@solutions_app.command("apply")
+def solution_apply(name: str, root: RootOption = None) -> None:
+    """Apply solutions/NAME.patch to the service code (then `drill restart`)."""
+    _git_apply(_config(root).root, name)
+    console.print(f"applied {name}; restart the services to run it: drill restart")
+
+
+@solutions_app.command("revert")
+def solution_revert(name: str, root: RootOption = None) -> None:
+    """Take solutions/NAME.patch back out."""
+    _git_apply(_config(root).root, name, "--reverse")
+    console.print(f"reverted {name}; restart the services: drill restart")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""scenarios.yaml: the workshop program, validated into typed models.
+
+Each scenario follows a chaos experiment's order: steady state (the lab answers), method
+(triggers plus load), and rollback (flags restored), which always runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from faults import Catalog, load_catalog
+
+# Figures drill verify can check; collectors for a service add their own names.
+REQUEST_FIGURES = frozenset(
+    {"requests", "success_ratio", "p50_ms", "p95_ms", "p99_ms", "max_ms", "throughput_rps"}
+)
+SERVICE_FIGURES = frozenset(
+    {
+        "ledger.balance_drift",
+        "ledger.duplicate_postings",
+        "ledger.unconfirmed_payments",
+        "ledger.payments",
+    }
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 90, "90s", "1.5m" or "250ms"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 60s or 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as 60s or 2m, got {value!r}")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Trigger(Strict):
+    flag: str
+    variant: str
+    percent: float | None = Field(None, gt=0, le=100)
+
+
+class Load(Strict):
+    locustfile: str
+    user: str
+    users: int = Field(ge=1, le=1000)
+    spawn_rate: float = Field(gt=0)
+    duration: Seconds
+    host: str = Field(description="The service Locust targets")
+
+
+class SlaCheck(Strict):
+    name: str
+    figure: str
+    request: str | None = Field(None, description='e.g. "POST /transactions"; default all')
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _known_bound(self) -> SlaCheck:
+        if self.figure not in REQUEST_FIGURES | SERVICE_FIGURES:
+            known = ", ".join(sorted(REQUEST_FIGURES | SERVICE_FIGURES))
+            raise ValueError(f"unknown figure {self.figure!r}; known: {known}")
+        if self.request is not None and self.figure not in REQUEST_FIGURES:
+            raise ValueError(f"request filters apply to request figures, not {self.figure!r}")
+        if self.max is None and self.min is None:
+            raise ValueError("give max, min or both")
+        return self
+
+
+class Scenario(Strict):
+    title: str
+    services: list[str] = Field(min_length=1)
+    summary: str
+    triggers: list[Trigger] = Field(min_length=1)
+    load: Load
+    sla: list[SlaCheck] = Field(min_length=1)
+    hints: list[str] = []
+
+
+class Phase(Strict):
+    name: str
+    start: str = Field(pattern=r"^\d:\d\d$")
+    end: str = Field(pattern=r"^\d:\d\d$")
+    triggers: Literal["off", "on"]
+    scenarios: list[str] = []
+    checkpoint: str | None = None
+
+
+class Program(Strict):
+    version: Literal[1]
+    scenarios: dict[str, Scenario] = Field(min_length=1)
+    phases: list[Phase] = []
+
+    def scenario(self, name: str) -> Scenario:
+        try:
+            return self.scenarios[name]
+        except KeyError:
+            known = ", ".join(sorted(self.scenarios))
+            raise ScenarioFileError(f"no scenario {name!r}; known: {known}") from None
+
+
+class ScenarioFileError(ValueError):
+    """scenarios.yaml cannot be used; the message names the place in the file."""
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the YAML node at a pydantic error location, as deep as it exists."""
+    node, line = root, None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if part < len(node.value) else None
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top)"
+
+
+def _check_flags(program: Program, catalog: Catalog, root: yaml.Node, path: Path) -> None:
+    for name, scenario in program.scenarios.items():
+        for index, trigger in enumerate(scenario.triggers):
+            loc: tuple[int | str, ...] = ("scenarios", name, "triggers", index)
+            where = f"{path}:{_line_of(root, loc)}: {_dotted(loc)}"
+            if trigger.flag not in catalog:
+                raise ScenarioFileError(f"{where}.flag: unknown flag {trigger.flag!r}")
+            spec = catalog[trigger.flag]
+            if trigger.variant not in spec.variants:
+                choices = ", ".join(spec.variants)
+                raise ScenarioFileError(
+                    f"{where}.variant: {trigger.flag} has no variant {trigger.variant!r}; "
+                    f"choose one of: {choices}"
+                )
+    for index, phase in enumerate(program.phases):
+        for scenario_name in phase.scenarios:
+            if scenario_name not in program.scenarios:
+                loc = ("phases", index, "scenarios")
+                raise ScenarioFileError(
+                    f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: "
+                    f"no scenario {scenario_name!r}"
+                )
+
+
+def load_program(path: Path, catalog: Catalog | None = None) -> Program:
+    """Parse and validate scenarios.yaml, naming file, line and field on any error."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ScenarioFileError(f"{path}: not found; run drill from the lab's directory") from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
+        raise ScenarioFileError(f"{path}:{line}: not valid YAML: {exc.problem}") from None
+    if root is None or not isinstance(data, dict):
+        raise ScenarioFileError(f"{path}: expected a mapping with version and scenarios")
+    try:
+        program = Program.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ScenarioFileError(
+            f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: {message}{more}"
+        ) from None
+    _check_flags(program, catalog or load_catalog(), root, path)
+    return program

@@ -1,0 +1,239 @@
+"""drill verify: set a scenario's triggers, drive Locust, check the SLAs, restore the flags."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from drill.collectors import COLLECTORS
+from drill.native import endpoints
+from drill.scenarios import REQUEST_FIGURES, Scenario, SlaCheck, load_program
+from faults import load_catalog, read_document, reset_flags, restore_document, set_flags, state_path
+
+# Services poll the flag file every 200 ms; one second covers a loaded machine.
+FLAG_SETTLE_S = 1.0
+# Requests the server was still finishing when the clients stopped land within this.
+DRAIN_S = 2.0
+# Users finish the payment they are in (its last attempt may wait 10 s) before Locust exits.
+STOP_TIMEOUT_S = 15
+
+
+class VerifyError(Exception):
+    """The run could not happen (exit 2); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    method: str
+    name: str
+    ms: float
+    ok: bool
+
+    @property
+    def request(self) -> str:
+        return f"{self.method} {self.name}"
+
+
+@dataclass
+class CheckResult:
+    name: str
+    figure: str
+    request: str | None
+    value: float
+    max: float | None
+    min: float | None
+    passed: bool
+
+
+@dataclass
+class VerifyResult:
+    scenario: str
+    baseline: bool
+    passed: bool
+    started_at: str
+    load_seconds: float
+    users: int
+    run_dir: str
+    checks: list[CheckResult] = field(default_factory=list)
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, allow_nan=True)
+
+
+def read_samples(path: Path) -> list[Sample]:
+    samples = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            method, name, ms, ok = line.split("\t")
+            samples.append(Sample(method, name, float(ms), ok == "1"))
+    return samples
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of raw values (no buckets, no interpolation)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def request_figures(samples: list[Sample], seconds: float) -> dict[str, float]:
+    times = [s.ms for s in samples]
+    return {
+        "requests": float(len(samples)),
+        "success_ratio": sum(s.ok for s in samples) / len(samples) if samples else math.nan,
+        "p50_ms": percentile(times, 0.50),
+        "p95_ms": percentile(times, 0.95),
+        "p99_ms": percentile(times, 0.99),
+        "max_ms": max(times) if times else math.nan,
+        "throughput_rps": len(samples) / seconds,
+    }
+
+
+def evaluate(
+    checks: list[SlaCheck], samples: list[Sample], seconds: float, figures: dict[str, float]
+) -> list[CheckResult]:
+    results = []
+    for check in checks:
+        if check.figure in REQUEST_FIGURES:
+            chosen = [s for s in samples if check.request in (None, s.request)]
+            value = request_figures(chosen, seconds)[check.figure]
+        else:
+            value = figures.get(check.figure, math.nan)
+        passed = not math.isnan(value)
+        passed = passed and (check.max is None or value <= check.max)
+        passed = passed and (check.min is None or value >= check.min)
+        results.append(
+            CheckResult(check.name, check.figure, check.request, value, check.max, check.min, passed)
+        )
+    return results
+
+
+def _check_steady_state(scenario: Scenario, urls: dict[str, str]) -> None:
+    for service in scenario.services:
+        url = urls.get(service)
+        if url is None:
+            raise VerifyError(f"the lab has no service {service!r}")
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=3).status_code == 200
+        except httpx.HTTPError as exc:
+            raise VerifyError(
+                f"{service} is not reachable at {url} ({type(exc).__name__}); "
+                "start the lab with `drill up --native` (or `docker compose up -d`)"
+            ) from None
+        if not ready:
+            raise VerifyError(f"{service} at {url} is up but not ready; see `drill status`")
+
+
+def _run_locust(
+    root: Path, scenario: Scenario, urls: dict[str, str], run_dir: Path, users: int, seconds: float
+) -> None:
+    load = scenario.load
+    command = [
+        sys.executable, "-m", "locust",
+        "-f", str(root / load.locustfile),
+        "--headless", "--only-summary",
+        "--host", urls[load.host],
+        "--users", str(users),
+        "--spawn-rate", str(load.spawn_rate),
+        "--run-time", f"{math.ceil(seconds)}s",
+        "--stop-timeout", str(STOP_TIMEOUT_S),
+        "--loglevel", "WARNING",
+        load.user,
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "DRILL_SAMPLES": str(run_dir / "samples.tsv"),
+        "DRILL_GROUND_TRUTH": str(run_dir / "truth.jsonl"),
+        "DRILL_RUN_ID": run_dir.name,
+    }
+    with open(run_dir / "locust.log", "w") as log:
+        # Locust runs as a subprocess: importing it would monkey-patch this process with gevent.
+        process = subprocess.Popen(
+            command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            code = process.wait(timeout=seconds + STOP_TIMEOUT_S + 60)
+        except BaseException:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S + 5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+    # Locust exits 1 when any request failed, which is a finding, not a broken run.
+    if code not in (0, 1) or not (run_dir / "samples.tsv").exists():
+        tail = "\n".join((run_dir / "locust.log").read_text().splitlines()[-15:])
+        raise VerifyError(f"locust exited with {code} and produced no samples:\n{tail}")
+
+
+def run_verify(
+    root: Path,
+    state_dir: Path,
+    scenario_name: str,
+    *,
+    baseline: bool = False,
+    seconds: float | None = None,
+    users: int | None = None,
+) -> VerifyResult:
+    """One verification run; the flags in force before it are restored whatever happens."""
+    catalog = load_catalog()
+    program = load_program(root / "scenarios.yaml", catalog)
+    scenario = program.scenario(scenario_name)
+    urls = endpoints(state_dir)
+    _check_steady_state(scenario, urls)
+
+    started = datetime.now(UTC)
+    run_id = f"{scenario_name}-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    run_dir = state_dir / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    seconds = seconds or scenario.load.duration
+    users = users or scenario.load.users
+
+    saved = read_document(state_path(state_dir), catalog)
+    try:
+        if baseline:
+            reset_flags(state_dir, catalog)
+        else:
+            triggers = {t.flag: (t.variant, t.percent) for t in scenario.triggers}
+            set_flags(state_dir, catalog, triggers, reset_others=True)
+        time.sleep(FLAG_SETTLE_S)
+        _run_locust(root, scenario, urls, run_dir, users, seconds)
+    finally:
+        restore_document(state_dir, saved)
+    time.sleep(DRAIN_S)
+
+    figures: dict[str, float] = {}
+    for service in scenario.services:
+        collector = COLLECTORS.get(service)
+        if collector is not None:
+            figures.update(collector(urls[service], run_dir / "truth.jsonl"))
+    samples = read_samples(run_dir / "samples.tsv")
+    figures.update(request_figures(samples, seconds))
+    checks = evaluate(scenario.sla, samples, seconds, figures)
+    result = VerifyResult(
+        scenario=scenario_name,
+        baseline=baseline,
+        passed=all(c.passed for c in checks),
+        started_at=started.isoformat(timespec="seconds"),
+        load_seconds=seconds,
+        users=users,
+        run_dir=str(run_dir),
+        checks=checks,
+        figures=figures,
+    )
+    (run_dir / "result.json").write_text(result.to_json())
+    return result

@@ -1,0 +1,111 @@
+"""The flag catalog: every flag the lab knows, read from faults/flags.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FlagValue = bool | int | float | str
+
+CATALOG_PATH = Path(__file__).with_name("flags.json")
+
+
+class CatalogError(ValueError):
+    """The catalog file is not a valid flag catalog."""
+
+
+@dataclass(frozen=True)
+class FlagSpec:
+    """One flag: its variants, its off variant, and what it does."""
+
+    key: str
+    variants: dict[str, FlagValue]
+    default_variant: str
+    description: str
+    service: str
+    kind: str
+
+    @property
+    def default_value(self) -> FlagValue:
+        return self.variants[self.default_variant]
+
+    @property
+    def value_type(self) -> type:
+        return type(self.default_value)
+
+    def definition(self) -> dict[str, Any]:
+        """The flag in flagd's schema, with its catalog default."""
+        return {
+            "state": "ENABLED",
+            "variants": dict(self.variants),
+            "defaultVariant": self.default_variant,
+            "metadata": {
+                "service": self.service,
+                "kind": self.kind,
+                "description": self.description,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """All flags by key."""
+
+    flags: dict[str, FlagSpec]
+
+    def __getitem__(self, key: str) -> FlagSpec:
+        try:
+            return self.flags[key]
+        except KeyError:
+            known = ", ".join(sorted(self.flags))
+            raise KeyError(f"unknown flag {key!r}; known flags: {known}") from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.flags
+
+    def defaults_document(self) -> dict[str, Any]:
+        """A flagd document with every flag at its default (off) variant."""
+        return {
+            "$schema": "https://flagd.dev/schema/v0/flags.json",
+            "flags": {key: spec.definition() for key, spec in self.flags.items()},
+        }
+
+
+def _parse_flag(key: str, raw: Any, where: str) -> FlagSpec:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: flags.{key}: expected an object")
+    variants = raw.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise CatalogError(f"{where}: flags.{key}.variants: expected a non-empty object")
+    types = {type(v) for v in variants.values()}
+    if len(types) != 1 or not types <= {bool, int, float, str}:
+        raise CatalogError(f"{where}: flags.{key}.variants: all variants must share one scalar type")
+    default = raw.get("defaultVariant")
+    if default not in variants:
+        raise CatalogError(f"{where}: flags.{key}.defaultVariant: {default!r} is not a variant")
+    metadata = raw.get("metadata") or {}
+    description = metadata.get("description")
+    if not isinstance(description, str) or not description.strip():
+        raise CatalogError(f"{where}: flags.{key}.metadata.description: missing")
+    return FlagSpec(
+        key=key,
+        variants=dict(variants),
+        default_variant=default,
+        description=description,
+        service=str(metadata.get("service", "")),
+        kind=str(metadata.get("kind", "trigger")),
+    )
+
+
+def load_catalog(path: Path = CATALOG_PATH) -> Catalog:
+    """Read and check the catalog; errors name the flag and field at fault."""
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CatalogError(f"{path}:{exc.lineno}:{exc.colno}: {exc.msg}") from None
+    flags = document.get("flags") if isinstance(document, dict) else None
+    if not isinstance(flags, dict):
+        raise CatalogError(f"{path}: flags: expected an object of flag definitions")
+    return Catalog({key: _parse_flag(key, raw, str(path)) for key, raw in flags.items()})

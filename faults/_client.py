@@ -1,0 +1,174 @@
+"""Flag evaluation for services: OpenFeature with flagd's in-process FILE resolver."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from openfeature import api
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import EventDetails, ProviderEvent
+from openfeature.exception import OpenFeatureError
+from prometheus_client import Counter, Gauge
+
+from faults._catalog import Catalog, FlagValue, load_catalog
+
+log = logging.getLogger("faults")
+
+# The provider logs a traceback on every poll while the file is bad; Flags says it once instead.
+logging.getLogger("openfeature.contrib").setLevel(logging.CRITICAL)
+
+FLAG_STATE_ERRORS = Counter(
+    "drill_flag_state_errors",
+    "Times the live flag state file could not be read; the last good flags stay in force",
+    ["service"],
+)
+FLAG_STATE_OK = Gauge(
+    "drill_flag_state_ok",
+    "1 while the live flag state file is readable, 0 while the last good flags are in force",
+    ["service"],
+)
+
+# Poll the state file every 200 ms: a flip reaches the service well within 1 s.
+DEFAULT_POLL_MS = 200
+
+_domains = itertools.count()
+
+
+class Flags:
+    """Typed flag reads for one service, backed by the live state file."""
+
+    def __init__(
+        self,
+        state_file: Path,
+        *,
+        service: str,
+        catalog: Catalog | None = None,
+        poll_ms: int = DEFAULT_POLL_MS,
+    ) -> None:
+        self.catalog = catalog or load_catalog()
+        self.state_file = Path(state_file)
+        self.service = service
+        self._poll_ms = poll_ms
+        self._domain = f"drill-{service}-{next(_domains)}"
+        self._overrides: dict[str, FlagValue] = {}
+        self._lock = threading.Lock()
+        self._healthy: bool | None = None
+        self._client = api.get_client(self._domain)
+        self._provider: Any = None
+
+    def start(self) -> None:
+        """Attach the flagd provider; a missing or bad file leaves every flag at its default."""
+        # Imported here: the provider pulls in grpc, which only a running service needs.
+        from openfeature.contrib.provider.flagd import FlagdProvider
+        from openfeature.contrib.provider.flagd.config import ResolverType
+
+        self._client.add_handler(ProviderEvent.PROVIDER_ERROR, self._on_error)
+        self._client.add_handler(ProviderEvent.PROVIDER_READY, self._on_ready)
+        self._client.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, self._on_ready)
+        if not self.state_file.exists():
+            self._healthy = False
+            FLAG_STATE_OK.labels(self.service).set(0)
+            log.warning(
+                "flag state %s not found; every flag stays at its default until it appears",
+                self.state_file,
+            )
+        self._provider = FlagdProvider(
+            resolver_type=ResolverType.FILE,
+            offline_flag_source_path=str(self.state_file),
+            deadline_ms=self._poll_ms,
+        )
+        with contextlib.suppress(OpenFeatureError):
+            # Raised when the file is missing or unreadable; the error event already said so.
+            api.set_provider_and_wait(self._provider, domain=self._domain)
+
+    def close(self) -> None:
+        if self._provider is not None:
+            self._provider.shutdown()
+            self._provider = None
+
+    def _on_error(self, details: EventDetails) -> None:
+        FLAG_STATE_ERRORS.labels(self.service).inc()
+        FLAG_STATE_OK.labels(self.service).set(0)
+        with self._lock:
+            was_healthy, self._healthy = self._healthy, False
+        if was_healthy is not False:
+            log.error(
+                "flag state %s unreadable (%s); keeping the last good flags",
+                self.state_file,
+                details.message,
+            )
+
+    def _on_ready(self, details: EventDetails) -> None:
+        FLAG_STATE_OK.labels(self.service).set(1)
+        with self._lock:
+            was_healthy, self._healthy = self._healthy, True
+        if was_healthy is False:
+            log.info("flag state %s readable again; flags reloaded", self.state_file)
+
+    def value(self, key: str, context: Mapping[str, Any] | None = None) -> FlagValue:
+        """The flag's value for this evaluation context (targetingKey picks a fractional bucket)."""
+        spec = self.catalog[key]
+        with self._lock:
+            if key in self._overrides:
+                return self._overrides[key]
+        ctx = None
+        if context:
+            attributes = dict(context)
+            targeting_key = attributes.pop("targetingKey", None)
+            ctx = EvaluationContext(
+                targeting_key=None if targeting_key is None else str(targeting_key),
+                attributes=attributes,
+            )
+        default = spec.default_value
+        if isinstance(default, bool):
+            return self._client.get_boolean_value(key, default, ctx)
+        if isinstance(default, int):
+            return self._client.get_integer_value(key, default, ctx)
+        if isinstance(default, float):
+            return self._client.get_float_value(key, default, ctx)
+        return self._client.get_string_value(key, default, ctx)
+
+    def enabled(self, key: str, context: Mapping[str, Any] | None = None) -> bool:
+        return bool(self.value(key, context))
+
+    def integer(self, key: str, context: Mapping[str, Any] | None = None) -> int:
+        return int(self.value(key, context))
+
+    def number(self, key: str, context: Mapping[str, Any] | None = None) -> float:
+        return float(self.value(key, context))
+
+    def text(self, key: str, context: Mapping[str, Any] | None = None) -> str:
+        return str(self.value(key, context))
+
+    def active(self, context: Mapping[str, Any] | None = None) -> dict[str, FlagValue]:
+        """Flags of kind trigger whose value differs from the catalog default."""
+        result: dict[str, FlagValue] = {}
+        for key, spec in self.catalog.flags.items():
+            if spec.kind != "trigger":
+                continue
+            current = self.value(key, context)
+            if current != spec.default_value:
+                result[key] = current
+        return result
+
+    @contextlib.contextmanager
+    def override(self, values: Mapping[str, FlagValue]) -> Iterator[None]:
+        """Force flag values in-process (tests), restoring the previous overrides on exit."""
+        for key, value in values.items():
+            spec = self.catalog[key]
+            if not isinstance(value, spec.value_type):
+                raise TypeError(f"{key} takes {spec.value_type.__name__}, got {value!r}")
+        with self._lock:
+            saved = dict(self._overrides)
+            self._overrides.update(values)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._overrides = saved

@@ -1,0 +1,148 @@
+"""The live flag state: $DRILL_STATE_DIR/flags.json, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from faults._catalog import Catalog, FlagValue
+
+STATE_FILE_NAME = "flags.json"
+
+
+class FlagStateError(ValueError):
+    """A flag change names an unknown flag, variant or share."""
+
+
+def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The state directory: the argument, else $DRILL_STATE_DIR, else ./.drill."""
+    if explicit is not None:
+        return Path(explicit)
+    return Path(os.environ.get("DRILL_STATE_DIR", ".drill"))
+
+
+def state_path(directory: str | os.PathLike[str] | None = None) -> Path:
+    return state_dir(directory) / STATE_FILE_NAME
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    # The instructor's CLI and the scenario runner may write at the same moment.
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".flags.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_document(path: Path, document: Mapping[str, Any]) -> None:
+    """Write a flagd document so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".flags-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_document(path: Path, catalog: Catalog) -> dict[str, Any]:
+    """The live document, or the catalog defaults when there is no readable state."""
+    try:
+        document = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return catalog.defaults_document()
+    if not isinstance(document, dict) or not isinstance(document.get("flags"), dict):
+        return catalog.defaults_document()
+    # Flags added to the catalog since the state was written appear at their default.
+    merged = catalog.defaults_document()
+    for key, definition in document["flags"].items():
+        if key in catalog:
+            merged["flags"][key] = definition
+    return merged
+
+
+def flag_definition(
+    catalog: Catalog, key: str, variant: str, percent: float | None = None
+) -> dict[str, Any]:
+    """A flag set to a variant, for everyone or for a share of evaluation contexts."""
+    spec = catalog[key] if key in catalog else None
+    if spec is None:
+        raise FlagStateError(f"unknown flag {key!r}; see `drill flags list`")
+    if variant not in spec.variants:
+        choices = ", ".join(spec.variants)
+        raise FlagStateError(f"flag {key!r} has no variant {variant!r}; choose one of: {choices}")
+    definition = spec.definition()
+    if percent is None or percent >= 100:
+        definition["defaultVariant"] = variant
+        return definition
+    if not 0 < percent < 100:
+        raise FlagStateError(f"flag {key!r}: percent must be in (0, 100], got {percent}")
+    if variant == spec.default_variant:
+        return definition
+    # flagd's fractional hashes the targeting key, so one user (or request) stays in one bucket.
+    definition["targeting"] = {
+        "fractional": [[variant, percent], [spec.default_variant, 100 - percent]]
+    }
+    return definition
+
+
+def set_flags(
+    directory: Path,
+    catalog: Catalog,
+    changes: Mapping[str, tuple[str, float | None]],
+    *,
+    reset_others: bool = False,
+) -> dict[str, Any]:
+    """Set flags to variants (optionally for a share); returns the document written."""
+    definitions = {
+        key: flag_definition(catalog, key, variant, percent)
+        for key, (variant, percent) in changes.items()
+    }
+    path = directory / STATE_FILE_NAME
+    with _locked(directory):
+        document = (
+            catalog.defaults_document() if reset_others else read_document(path, catalog)
+        )
+        document["flags"].update(definitions)
+        write_document(path, document)
+    return document
+
+
+def reset_flags(directory: Path, catalog: Catalog) -> None:
+    """Every flag back to its catalog default."""
+    with _locked(directory):
+        write_document(directory / STATE_FILE_NAME, catalog.defaults_document())
+
+
+def restore_document(directory: Path, document: Mapping[str, Any]) -> None:
+    """Put back a document read earlier (the runner's rollback)."""
+    with _locked(directory):
+        write_document(directory / STATE_FILE_NAME, document)
+
+
+def describe(definition: Mapping[str, Any]) -> tuple[str, FlagValue | None, float | None]:
+    """The variant a definition serves, its value, and the share it targets (None = everyone)."""
+    targeting = definition.get("targeting") or {}
+    fractional = targeting.get("fractional") if isinstance(targeting, dict) else None
+    variants = definition.get("variants", {})
+    if isinstance(fractional, list) and fractional and isinstance(fractional[0], list):
+        variant, share = fractional[0][0], float(fractional[0][1])
+        return str(variant), variants.get(variant), share
+    variant = str(definition.get("defaultVariant"))
+    return variant, variants.get(variant), None

@@ -1,0 +1,68 @@
+"""Raw samples and ground truth, written by Locust for drill verify to read afterwards.
+
+Locust's own percentiles are rounded into buckets; verify computes them from these lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any, TextIO
+
+from locust import events
+
+
+class _Lines:
+    """Append-only line file, opened lazily, flushed when the test stops."""
+
+    def __init__(self, env_var: str) -> None:
+        self.path = os.environ.get(env_var)
+        self._handle: TextIO | None = None
+        self._lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        if not self.path:
+            return
+        with self._lock:
+            if self._handle is None:
+                self._handle = open(self.path, "a", buffering=1 << 16)
+            self._handle.write(line + "\n")
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._handle.flush()
+
+
+samples = _Lines("DRILL_SAMPLES")
+ground_truth = _Lines("DRILL_GROUND_TRUTH")
+RUN_ID = os.environ.get("DRILL_RUN_ID", "local")
+
+
+def record_truth(entry: dict[str, Any]) -> None:
+    ground_truth.write(json.dumps(entry, sort_keys=True))
+
+
+@events.request.add_listener
+def _on_request(
+    request_type: str,
+    name: str,
+    response_time: float,
+    exception: BaseException | None = None,
+    **_kwargs: Any,
+) -> None:
+    # method, name, milliseconds, ok: one line per request, including failures and timeouts.
+    samples.write(f"{request_type}\t{name}\t{response_time:.3f}\t{0 if exception else 1}")
+
+
+@events.test_stop.add_listener
+def _on_test_stop(**_kwargs: Any) -> None:
+    samples.flush()
+    ground_truth.flush()
+
+
+@events.quit.add_listener
+def _on_quit(**_kwargs: Any) -> None:
+    samples.flush()
+    ground_truth.flush()

@@ -1,0 +1,123 @@
+"""The service's database: Postgres from DATABASE_URL, else SQLite under the state dir."""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine, MetaData, String, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.schema import CreateTable
+
+from services.kit.settings import ServiceSettings
+
+log = logging.getLogger("db")
+
+
+def database_url(settings: ServiceSettings) -> str:
+    url = settings.database_url
+    if not url:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{settings.state_dir.resolve() / settings.service_name}.db"
+    # Accept the libpq spelling instructors paste; SQLAlchemy wants the driver named.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def create_db_engine(settings: ServiceSettings) -> Engine:
+    url = database_url(settings)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            # WAL lets readers run beside the single writer; the lab's data is disposable.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    # 20 connections: the threadpool runs up to 40 handlers, most of them short.
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def schema_fingerprint(engine: Engine, metadata: MetaData) -> str:
+    ddl = "\n".join(
+        str(CreateTable(table).compile(dialect=engine.dialect)) for table in metadata.sorted_tables
+    )
+    return hashlib.sha256(ddl.encode()).hexdigest()[:16]
+
+
+def ensure_schema(engine: Engine, metadata: MetaData, service: str) -> None:
+    """Create the service's tables; recreate them when the models changed (lab data is disposable).
+
+    Participants change models while fixing a drill; a stale table would fail in confusing ways.
+    """
+    registry = MetaData()
+    from sqlalchemy import Column, Table
+
+    lab_schema = Table(
+        "lab_schema",
+        registry,
+        Column("service", String(64), primary_key=True),
+        Column("fingerprint", String(64), nullable=False),
+    )
+    fingerprint = schema_fingerprint(engine, metadata)
+    with engine.begin() as conn:
+        registry.create_all(conn)
+        stored = conn.execute(
+            text("SELECT fingerprint FROM lab_schema WHERE service = :s"), {"s": service}
+        ).scalar()
+        if stored != fingerprint:
+            if stored is not None:
+                log.warning(
+                    "%s models changed since the tables were made; recreating them (lab data reset)",
+                    service,
+                )
+                metadata.drop_all(conn)
+            metadata.create_all(conn)
+            conn.execute(lab_schema.delete().where(lab_schema.c.service == service))
+            conn.execute(lab_schema.insert().values(service=service, fingerprint=fingerprint))
+
+
+def check_database(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+_wrote = contextvars.ContextVar("wrote", default=False)
+
+
+def add_commit_latency(
+    engine: Engine, sessions: sessionmaker[Session], delay_ms: Callable[[], int]
+) -> None:
+    """After a commit that wrote rows, wait `delay_ms()`: a slow replica acknowledgement."""
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _mark_write(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if cursor.rowcount and statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
+            _wrote.set(True)
+
+    @event.listens_for(sessions, "after_commit")
+    def _slow_ack(_session: Session) -> None:
+        if _wrote.get():
+            _wrote.set(False)
+            delay = delay_ms()
+            if delay > 0:
+                time.sleep(delay / 1000)
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]

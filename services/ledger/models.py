@@ -1,0 +1,128 @@
+"""Ledger tables and API schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from sqlalchemy import DateTime, Float, Integer, String, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.ledger.money import MINOR_UNITS, parse_amount
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Transaction(Base):
+    """One posting. amount is in the booked currency; the *_received columns are the audit trail."""
+
+    __tablename__ = "ledger_transactions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(64), index=True)
+    direction: Mapped[str] = mapped_column(String(6))
+    amount: Mapped[float] = mapped_column(Float)
+    currency: Mapped[str] = mapped_column(String(3))
+    balance_after: Mapped[float] = mapped_column(Float)
+    amount_received: Mapped[str] = mapped_column(String(32))
+    currency_received: Mapped[str] = mapped_column(String(3))
+    fx_rate: Mapped[str] = mapped_column(String(16))
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    @property
+    def signed_amount(self) -> float:
+        return self.amount if self.direction == "credit" else -self.amount
+
+
+AccountId = str
+Currency = Literal["USD", "EUR", "GBP", "CHF", "JPY"]
+ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
+
+
+class TransactionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: str = Field(pattern=ACCOUNT_ID_PATTERN)
+    direction: Literal["credit", "debit"]
+    currency: Currency
+    amount: str = Field(max_length=32, description='A decimal string, e.g. "12.34"')
+    description: str | None = Field(None, max_length=200)
+
+    @field_validator("amount")
+    @classmethod
+    def _amount_fits_currency(cls, value: str, info: ValidationInfo) -> str:
+        currency = info.data.get("currency")
+        if currency is not None:  # an unknown currency is reported on its own field
+            parse_amount(value, currency)
+        return value
+
+
+def format_amount(value: float, currency: str) -> str:
+    return f"{value:.{MINOR_UNITS[currency]}f}"
+
+
+class TransactionPublic(BaseModel):
+    id: int
+    account_id: str
+    direction: str
+    amount: str
+    currency: str
+    balance_after: str
+    amount_received: str
+    currency_received: str
+    fx_rate: str
+    idempotency_key: str | None
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, tx: Transaction) -> TransactionPublic:
+        return cls(
+            id=tx.id,
+            account_id=tx.account_id,
+            direction=tx.direction,
+            amount=format_amount(tx.amount, tx.currency),
+            currency=tx.currency,
+            balance_after=format_amount(tx.balance_after, tx.currency),
+            amount_received=tx.amount_received,
+            currency_received=tx.currency_received,
+            fx_rate=tx.fx_rate,
+            idempotency_key=tx.idempotency_key,
+            created_at=tx.created_at,
+        )
+
+
+class TransactionsPublic(BaseModel):
+    data: list[TransactionPublic]
+    next_after: int | None
+
+
+class BalancePublic(BaseModel):
+    currency: str
+    amount: str
+
+
+class BalancesPublic(BaseModel):
+    account_id: str
+    balances: list[BalancePublic]
+
+
+class AccountReconciliation(BaseModel):
+    account_id: str
+    currency: str
+    balance: str
+    recount: str
+    difference: str
+
+
+class ReconciliationPublic(BaseModel):
+    postings: int
+    duplicate_postings: int
+    keys_reused: int
+    accounts: list[AccountReconciliation]
