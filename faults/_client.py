@@ -14,6 +14,7 @@ from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import EventDetails, ProviderEvent
 from openfeature.exception import OpenFeatureError
+from openfeature.provider import ProviderStatus
 from prometheus_client import Counter, Gauge
 
 from faults._catalog import Catalog, FlagValue, load_catalog
@@ -68,24 +69,25 @@ class Flags:
         from openfeature.contrib.provider.flagd import FlagdProvider
         from openfeature.contrib.provider.flagd.config import ResolverType
 
-        self._client.add_handler(ProviderEvent.PROVIDER_ERROR, self._on_error)
-        self._client.add_handler(ProviderEvent.PROVIDER_READY, self._on_ready)
-        self._client.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, self._on_ready)
-        if not self.state_file.exists():
-            self._healthy = False
-            FLAG_STATE_OK.labels(self.service).set(0)
-            log.warning(
-                "flag state %s not found; every flag stays at its default until it appears",
-                self.state_file,
-            )
         self._provider = FlagdProvider(
             resolver_type=ResolverType.FILE,
             offline_flag_source_path=str(self.state_file),
             deadline_ms=self._poll_ms,
         )
         with contextlib.suppress(OpenFeatureError):
-            # Raised when the file is missing or unreadable; the error event already said so.
+            # Raised when the file is missing or unreadable; the provider keeps polling for it.
             api.set_provider_and_wait(self._provider, domain=self._domain)
+        self._healthy = self._client.get_provider_status() == ProviderStatus.READY
+        FLAG_STATE_OK.labels(self.service).set(1 if self._healthy else 0)
+        if not self._healthy:
+            log.warning(
+                "flag state %s missing or unreadable; every flag is at its default until it is",
+                self.state_file,
+            )
+        # Handlers run at once for the current status; only later transitions log.
+        self._client.add_handler(ProviderEvent.PROVIDER_ERROR, self._on_error)
+        self._client.add_handler(ProviderEvent.PROVIDER_READY, self._on_ready)
+        self._client.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, self._on_ready)
 
     def close(self) -> None:
         if self._provider is not None:

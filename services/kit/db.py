@@ -94,17 +94,23 @@ def check_database(engine: Engine) -> None:
 
 
 _wrote = contextvars.ContextVar("wrote", default=False)
+_WRITES = ("INSERT", "UPDATE", "DELETE")
 
 
 def add_commit_latency(
     engine: Engine, sessions: sessionmaker[Session], delay_ms: Callable[[], int]
 ) -> None:
-    """After a commit that wrote rows, wait `delay_ms()`: a slow replica acknowledgement."""
+    """After a commit that wrote, wait `delay_ms()`: a slow synchronous replica acknowledgement."""
 
     @event.listens_for(engine, "after_cursor_execute")
-    def _mark_write(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
-        if cursor.rowcount and statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
+    def _mark_write(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        # rowcount is not known yet for INSERT ... RETURNING, so any DML counts as a write.
+        if statement.lstrip()[:6].upper() in _WRITES:
             _wrote.set(True)
+
+    @event.listens_for(sessions, "after_rollback")
+    def _discard(_session: Session) -> None:
+        _wrote.set(False)
 
     @event.listens_for(sessions, "after_commit")
     def _slow_ack(_session: Session) -> None:

@@ -42,4 +42,9 @@ def instrument(app: FastAPI, provider: TracerProvider, engine: Engine | None) ->
         exclude_spans=["receive", "send"],
     )
     if engine is not None:
-        SQLAlchemyInstrumentor().instrument(engine=engine, tracer_provider=provider)
+        instrumentor = SQLAlchemyInstrumentor()
+        if instrumentor.is_instrumented_by_opentelemetry:
+            # A process-wide singleton: a second app's engine (tests) is added directly.
+            instrumentor._instrument(engine=engine, tracer_provider=provider)
+        else:
+            instrumentor.instrument(engine=engine, tracer_provider=provider)
