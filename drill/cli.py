@@ -37,13 +37,16 @@ RootOption = Annotated[
 ]
 
 
-def _config(root: Path | None) -> native.LabConfig:
-    return native.LabConfig.from_env(root)
-
-
 def _fail(message: str, code: int = 2) -> typer.Exit:
     errors.print(f"[red]error:[/red] {message}", highlight=False)
     return typer.Exit(code)
+
+
+def _config(root: Path | None) -> native.LabConfig:
+    try:
+        return native.LabConfig.from_env(root)
+    except native.LabError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _print_status(rows: list[native.ServiceStatus]) -> None:
@@ -74,7 +77,10 @@ def up(
 @app.command()
 def down(root: RootOption = None) -> None:
     """Stop exactly what `drill up --native` started."""
-    stopped = native.down(_config(root))
+    try:
+        stopped = native.down(_config(root))
+    except native.LabError as exc:
+        raise _fail(str(exc)) from None
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
@@ -201,8 +207,7 @@ def verify(
     config = _config(root)
     try:
         result = run_verify(
-            config.root,
-            config.state_dir,
+            config,
             scenario,
             baseline=baseline,
             seconds=duration,

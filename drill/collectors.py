@@ -70,7 +70,9 @@ def collect_ledger(base_url: str, truth_path: Path) -> dict[str, float]:
         for account in accounts:
             served = _served_balances(client, account)
             for currency in set(served) | {c for a, c in expected if a == account}:
-                drift += abs(served.get(currency, Decimal(0)) - expected.get((account, currency), 0))
+                drift += abs(
+                    served.get(currency, Decimal(0)) - expected.get((account, currency), 0)
+                )
             duplicates += sum(n - 1 for n in _postings_per_key(client, account).values())
     return {
         "ledger.balance_drift": float(drift),

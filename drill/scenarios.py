@@ -169,8 +169,7 @@ def _check_flags(program: Program, catalog: Catalog, root: yaml.Node, path: Path
             if scenario_name not in program.scenarios:
                 loc = ("phases", index, "scenarios")
                 raise ScenarioFileError(
-                    f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: "
-                    f"no scenario {scenario_name!r}"
+                    f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: no scenario {scenario_name!r}"
                 )
 
 

@@ -13,12 +13,11 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from drill.collectors import COLLECTORS
-from drill.native import endpoints
+from drill.native import LabConfig, endpoints
 from drill.scenarios import REQUEST_FIGURES, Scenario, SlaCheck, load_program
 from faults import load_catalog, read_document, reset_flags, restore_document, set_flags, state_path
 
@@ -117,7 +116,9 @@ def evaluate(
         passed = passed and (check.max is None or value <= check.max)
         passed = passed and (check.min is None or value >= check.min)
         results.append(
-            CheckResult(check.name, check.figure, check.request, value, check.max, check.min, passed)
+            CheckResult(
+                check.name, check.figure, check.request, value, check.max, check.min, passed
+            )
         )
     return results
 
@@ -162,9 +163,7 @@ def _run_locust(
     }
     with open(run_dir / "locust.log", "w") as log:
         # Locust runs as a subprocess: importing it would monkey-patch this process with gevent.
-        process = subprocess.Popen(
-            command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             code = process.wait(timeout=seconds + STOP_TIMEOUT_S + 60)
         except BaseException:
@@ -181,8 +180,7 @@ def _run_locust(
 
 
 def run_verify(
-    root: Path,
-    state_dir: Path,
+    config: LabConfig,
     scenario_name: str,
     *,
     baseline: bool = False,
@@ -190,10 +188,11 @@ def run_verify(
     users: int | None = None,
 ) -> VerifyResult:
     """One verification run; the flags in force before it are restored whatever happens."""
+    root, state_dir = config.root, config.state_dir
     catalog = load_catalog()
     program = load_program(root / "scenarios.yaml", catalog)
     scenario = program.scenario(scenario_name)
-    urls = endpoints(state_dir)
+    urls = endpoints(config)
     _check_steady_state(scenario, urls)
 
     started = datetime.now(UTC)

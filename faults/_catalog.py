@@ -81,7 +81,9 @@ def _parse_flag(key: str, raw: Any, where: str) -> FlagSpec:
         raise CatalogError(f"{where}: flags.{key}.variants: expected a non-empty object")
     types = {type(v) for v in variants.values()}
     if len(types) != 1 or not types <= {bool, int, float, str}:
-        raise CatalogError(f"{where}: flags.{key}.variants: all variants must share one scalar type")
+        raise CatalogError(
+            f"{where}: flags.{key}.variants: all variants must share one scalar type"
+        )
     default = raw.get("defaultVariant")
     if default not in variants:
         raise CatalogError(f"{where}: flags.{key}.defaultVariant: {default!r} is not a variant")
@@ -92,7 +94,7 @@ def _parse_flag(key: str, raw: Any, where: str) -> FlagSpec:
     return FlagSpec(
         key=key,
         variants=dict(variants),
-        default_variant=default,
+        default_variant=str(default),
         description=description,
         service=str(metadata.get("service", "")),
         kind=str(metadata.get("kind", "trigger")),

@@ -14,6 +14,7 @@ from typing import Any
 from faults._catalog import Catalog, FlagValue
 
 STATE_FILE_NAME = "flags.json"
+BASIS_POINTS = 10_000
 
 
 class FlagStateError(ValueError):
@@ -96,8 +97,10 @@ def flag_definition(
     if variant == spec.default_variant:
         return definition
     # flagd's fractional hashes the targeting key, so one user (or request) stays in one bucket.
+    # Its weights must be integers (a float weight silently serves the default): basis points.
+    share = round(percent * 100)
     definition["targeting"] = {
-        "fractional": [[variant, percent], [spec.default_variant, 100 - percent]]
+        "fractional": [[variant, share], [spec.default_variant, BASIS_POINTS - share]]
     }
     return definition
 
@@ -116,9 +119,7 @@ def set_flags(
     }
     path = directory / STATE_FILE_NAME
     with _locked(directory):
-        document = (
-            catalog.defaults_document() if reset_others else read_document(path, catalog)
-        )
+        document = catalog.defaults_document() if reset_others else read_document(path, catalog)
         document["flags"].update(definitions)
         write_document(path, document)
     return document
@@ -142,7 +143,9 @@ def describe(definition: Mapping[str, Any]) -> tuple[str, FlagValue | None, floa
     fractional = targeting.get("fractional") if isinstance(targeting, dict) else None
     variants = definition.get("variants", {})
     if isinstance(fractional, list) and fractional and isinstance(fractional[0], list):
-        variant, share = fractional[0][0], float(fractional[0][1])
-        return str(variant), variants.get(variant), share
+        buckets = [b for b in fractional if isinstance(b, list) and len(b) == 2]
+        total = sum(float(weight) for _, weight in buckets) or 1.0
+        variant, weight = buckets[0]
+        return str(variant), variants.get(variant), 100 * float(weight) / total
     variant = str(definition.get("defaultVariant"))
     return variant, variants.get(variant), None

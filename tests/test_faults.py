@@ -71,15 +71,31 @@ def test_flip_reaches_the_service_within_a_second(tmp_path: Path, flags: Flags) 
 def test_integer_variants_and_percent_targeting(tmp_path: Path, flags: Flags) -> None:
     """An integer flag served to 30% of targeting keys hits about 30% of them."""
     set_flags(tmp_path, CATALOG, {"ledger.commit_latency_ms": ("slow", 30)})
-    wait_for(lambda: any(flags.integer("ledger.commit_latency_ms", {"targetingKey": str(i)})
-                         for i in range(50)))
-    values = [flags.integer("ledger.commit_latency_ms", {"targetingKey": str(i)})
-              for i in range(2000)]
+    wait_for(
+        lambda: any(
+            flags.integer("ledger.commit_latency_ms", {"targetingKey": str(i)}) for i in range(50)
+        )
+    )
+    values = [
+        flags.integer("ledger.commit_latency_ms", {"targetingKey": str(i)}) for i in range(2000)
+    ]
     assert set(values) == {0, 1500}
     assert 0.25 < values.count(1500) / len(values) < 0.35
-    variant, value, share = describe(read_document(state_path(tmp_path), CATALOG)["flags"][
-        "ledger.commit_latency_ms"])
+    variant, value, share = describe(
+        read_document(state_path(tmp_path), CATALOG)["flags"]["ledger.commit_latency_ms"]
+    )
     assert (variant, value, share) == ("slow", 1500, 30.0)
+
+
+def test_fractional_percent_from_the_cli_is_served(tmp_path: Path, flags: Flags) -> None:
+    """A float share such as 2.5% is written as integer weights, which flagd honours."""
+    set_flags(tmp_path, CATALOG, {"ledger.commit_latency_ms": ("slow", 2.5)})
+    keys = [str(i) for i in range(4000)]
+    wait_for(
+        lambda: any(flags.integer("ledger.commit_latency_ms", {"targetingKey": k}) for k in keys)
+    )
+    hits = sum(flags.integer("ledger.commit_latency_ms", {"targetingKey": k}) > 0 for k in keys)
+    assert 0.015 < hits / len(keys) < 0.035
 
 
 def test_corrupt_state_keeps_last_good_flags(
@@ -91,8 +107,15 @@ def test_corrupt_state_keeps_last_good_flags(
     before = REGISTRY.get_sample_value("drill_flag_state_errors_total", {"service": "test"}) or 0
     with caplog.at_level(logging.INFO, logger="faults"):
         state_path(tmp_path).write_text("{ this is not json")
-        wait_for(lambda: (REGISTRY.get_sample_value(
-            "drill_flag_state_errors_total", {"service": "test"}) or 0) > before)
+        wait_for(
+            lambda: (
+                (
+                    REGISTRY.get_sample_value("drill_flag_state_errors_total", {"service": "test"})
+                    or 0
+                )
+                > before
+            )
+        )
         time.sleep(0.6)  # several polls: still one log line
         assert flags.enabled("ledger.fx_conversion") is True
         assert REGISTRY.get_sample_value("drill_flag_state_ok", {"service": "test"}) == 0

@@ -36,7 +36,9 @@ def make_app(tmp_path: Path, exporter: InMemorySpanExporter | None = None):  # t
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = ServiceSettings(service_name="kit-test", state_dir=tmp_path, max_body_bytes=1024)
-    return create_service_app(settings, title="kit-test", routers=[router], tracer_provider=provider)
+    return create_service_app(
+        settings, title="kit-test", routers=[router], tracer_provider=provider
+    )
 
 
 def test_health_and_readiness(tmp_path: Path) -> None:

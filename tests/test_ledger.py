@@ -30,8 +30,13 @@ def account() -> str:
 
 
 def payment(account_id: str, amount: str = "10.00", currency: str = "USD", **extra: str) -> dict:
-    return {"account_id": account_id, "direction": "credit", "currency": currency,
-            "amount": amount, **extra}
+    return {
+        "account_id": account_id,
+        "direction": "credit",
+        "currency": currency,
+        "amount": amount,
+        **extra,
+    }
 
 
 def stored_postings(client: TestClient) -> int:
@@ -65,7 +70,10 @@ def test_fx_conversion_books_in_usd(client: TestClient) -> None:
     with client.app.state.flags.override({"ledger.fx_conversion": True}):  # type: ignore[attr-defined]
         reply = client.post("/transactions", json=payment(acct, "12.34", "EUR")).json()
     assert (reply["currency"], reply["fx_rate"], reply["amount_received"]) == (
-        "USD", "1.0837", "12.34")
+        "USD",
+        "1.0837",
+        "12.34",
+    )
 
 
 def test_reconciliation_shows_the_float_drift(client: TestClient) -> None:
@@ -73,13 +81,20 @@ def test_reconciliation_shows_the_float_drift(client: TestClient) -> None:
     acct = account()
     with client.app.state.flags.override({"ledger.fx_conversion": True}):  # type: ignore[attr-defined]
         for cents in range(101, 141):
-            client.post("/transactions", json=payment(acct, f"{cents // 100}.{cents % 100:02d}", "EUR"))
+            client.post(
+                "/transactions", json=payment(acct, f"{cents // 100}.{cents % 100:02d}", "EUR")
+            )
     report = client.get("/reconciliation").json()
     line = next(a for a in report["accounts"] if a["account_id"] == acct)
     assert Decimal(line["difference"]) != 0
-    assert Decimal(line["recount"]) == sum(
-        (Decimal(c) / 100 * Decimal("1.0837")).quantize(Decimal("0.01")) for c in range(101, 141)
-    ) or Decimal(line["recount"]) > 0
+    assert (
+        Decimal(line["recount"])
+        == sum(
+            (Decimal(c) / 100 * Decimal("1.0837")).quantize(Decimal("0.01"))
+            for c in range(101, 141)
+        )
+        or Decimal(line["recount"]) > 0
+    )
 
 
 def test_a_retried_post_is_posted_twice(client: TestClient) -> None:
@@ -87,8 +102,12 @@ def test_a_retried_post_is_posted_twice(client: TestClient) -> None:
     acct = account()
     key = uuid.uuid4().hex
     for _ in range(2):
-        assert client.post("/transactions", json=payment(acct), headers={"Idempotency-Key": key}
-                           ).status_code == 201
+        assert (
+            client.post(
+                "/transactions", json=payment(acct), headers={"Idempotency-Key": key}
+            ).status_code
+            == 201
+        )
     page = client.get(f"/accounts/{acct}/transactions").json()
     assert [tx["idempotency_key"] for tx in page["data"]] == [key, key]
     assert client.get("/reconciliation").json()["duplicate_postings"] >= 1
@@ -111,8 +130,9 @@ def test_listing_pages_through_postings(client: TestClient) -> None:
     for cents in range(1, 6):
         client.post("/transactions", json=payment(acct, f"0.0{cents}"))
     first = client.get(f"/accounts/{acct}/transactions", params={"limit": 3}).json()
-    second = client.get(f"/accounts/{acct}/transactions",
-                        params={"limit": 3, "after": first["next_after"]}).json()
+    second = client.get(
+        f"/accounts/{acct}/transactions", params={"limit": 3, "after": first["next_after"]}
+    ).json()
     amounts = [tx["amount"] for tx in first["data"] + second["data"]]
     assert amounts == ["0.01", "0.02", "0.03", "0.04", "0.05"]
     assert second["next_after"] is None
@@ -137,11 +157,13 @@ BAD_PAYMENTS = [
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "message"), BAD_PAYMENTS, ids=[c for c, _, _ in BAD_PAYMENTS])
+@pytest.mark.parametrize(
+    ("case", "body", "message"), BAD_PAYMENTS, ids=[c for c, _, _ in BAD_PAYMENTS]
+)
 def test_bad_input_is_refused_and_nothing_is_stored(
     client: TestClient, case: str, body: dict, message: str
 ) -> None:
-    """Invalid payments get a 422 naming the problem, store nothing, and the service still serves."""
+    """Invalid payments get a 422 naming the problem, store nothing, and service goes on."""
     before = stored_postings(client)
     response = client.post("/transactions", json=body)
     assert response.status_code == 422, case

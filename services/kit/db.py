@@ -79,7 +79,7 @@ def ensure_schema(engine: Engine, metadata: MetaData, service: str) -> None:
         if stored != fingerprint:
             if stored is not None:
                 log.warning(
-                    "%s models changed since the tables were made; recreating them (lab data reset)",
+                    "%s models changed; recreating its tables (lab data is disposable)",
                     service,
                 )
                 metadata.drop_all(conn)

@@ -96,7 +96,7 @@ router = APIRouter()
 def metrics(request: Request) -> Response:
     """Prometheus text, or OpenMetrics (with exemplars) when the scraper asks for it."""
     if "application/openmetrics-text" in request.headers.get("accept", ""):
-        body = openmetrics_exposition.generate_latest(REGISTRY)
+        body = openmetrics_exposition.generate_latest(REGISTRY)  # type: ignore[no-untyped-call]
         return Response(body, media_type=openmetrics_exposition.CONTENT_TYPE_LATEST)
     body = text_exposition.generate_latest(REGISTRY)
     return Response(body, media_type=text_exposition.CONTENT_TYPE_LATEST)

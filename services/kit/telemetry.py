@@ -45,6 +45,6 @@ def instrument(app: FastAPI, provider: TracerProvider, engine: Engine | None) ->
         instrumentor = SQLAlchemyInstrumentor()
         if instrumentor.is_instrumented_by_opentelemetry:
             # A process-wide singleton: a second app's engine (tests) is added directly.
-            instrumentor._instrument(engine=engine, tracer_provider=provider)
+            instrumentor._instrument(engine=engine, tracer_provider=provider)  # type: ignore[no-untyped-call]
         else:
             instrumentor.instrument(engine=engine, tracer_provider=provider)

@@ -74,10 +74,7 @@ class Auditor:
             )
             total_keyed = session.scalar(select(func.count()).select_from(keyed.subquery())) or 0
             distinct_keys = (
-                session.scalar(
-                    select(func.count()).select_from(keyed.distinct().subquery())
-                )
-                or 0
+                session.scalar(select(func.count()).select_from(keyed.distinct().subquery())) or 0
             )
             reused = (
                 session.scalar(

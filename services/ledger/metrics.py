@@ -5,7 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 POSTINGS = Counter("ledger_postings", "Postings stored", ["currency", "direction"])
-BALANCE = Gauge("ledger_balance", "Account balance as the ledger serves it", ["account", "currency"])
+BALANCE = Gauge(
+    "ledger_balance", "Account balance as the ledger serves it", ["account", "currency"]
+)
 RECONCILIATION_DIFFERENCE = Gauge(
     "ledger_reconciliation_difference",
     "Served balance minus an exact recount of the amounts as received",

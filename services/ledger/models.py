@@ -31,9 +31,7 @@ class Transaction(Base):
     currency_received: Mapped[str] = mapped_column(String(3))
     fx_rate: Mapped[str] = mapped_column(String(16))
     idempotency_key: Mapped[str | None] = mapped_column(String(128), index=True)
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     @property
     def signed_amount(self) -> float:

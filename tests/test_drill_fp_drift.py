@@ -1,0 +1,130 @@
+"""fp-drift in both directions, through the real `drill` CLI against a native lab on Postgres.
+
+Shipped code with the triggers on must fail `drill verify`; the reference fix must pass with
+the triggers still on; the shipped code with every trigger off must pass (the clean baseline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import REPO_ROOT, free_port_offset
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+# Long enough for well over 1,000 payments at 20 users, short enough for CI.
+VERIFY_SECONDS = "25"
+DRILL = [sys.executable, "-m", "drill.cli"]
+TREE = ["drill", "faults", "services", "loadtests", "solutions", "scenarios.yaml", "pyproject.toml"]
+
+
+def copy_tree(destination: Path) -> Path:
+    """The lab's source as a participant's checkout would hold it."""
+    destination.mkdir()
+    for name in TREE:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(
+                source, destination / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def drill(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DRILL, *args, "--root", str(root)],
+        env=env, cwd=root, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+
+
+def fresh_database(admin_url: str, name: str) -> str:
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def lab(postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
+    """Start a native lab from a tree (patched or not) with its own database; stop it after."""
+    started: list[tuple[Path, dict[str, str]]] = []
+
+    def start(patch: str | None = None) -> tuple[Path, dict[str, str]]:
+        root = copy_tree(tmp_path / f"tree-{len(started)}")
+        if patch is not None:
+            subprocess.run(["git", "apply", f"solutions/{patch}.patch"], cwd=root, check=True)
+        database = fresh_database(postgres_url, f"{postgres_url.rsplit('/', 1)[1]}_{len(started)}")
+        env = {
+            **os.environ,
+            "DRILL_STATE_DIR": str(root / ".drill"),
+            "DATABASE_URL": database,
+            "DRILL_PORT_OFFSET": str(free_port_offset()),
+        }
+        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        up = drill(root, env, "up", "--native")
+        assert up.returncode == 0, up.stderr + up.stdout
+        started.append((root, env))
+        return root, env
+
+    yield start
+    for root, env in started:
+        drill(root, env, "down")
+
+
+def verify(root: Path, env: dict[str, str], *extra: str) -> tuple[int, dict]:
+    result_path = root / "result.json"
+    done = drill(root, env, "verify", "fp-drift", "--duration", VERIFY_SECONDS,
+                 "--json", str(result_path), *extra)  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr + done.stdout
+    result = json.loads(result_path.read_text())
+    assert "drill verify fp-drift" in done.stdout
+    return done.returncode, result
+
+
+def checks(result: dict) -> dict[str, bool]:
+    return {check["figure"]: check["passed"] for check in result["checks"]}
+
+
+def test_shipped_code_with_triggers_fails(lab) -> None:  # type: ignore[no-untyped-def]
+    """Shipped ledger + fp-drift triggers: balances drift and retried payments post twice."""
+    root, env = lab()
+    code, result = verify(root, env)
+    assert code == 1
+    assert result["figures"]["ledger.payments"] >= 1000
+    assert result["figures"]["ledger.balance_drift"] > 0
+    assert result["figures"]["ledger.duplicate_postings"] > 0
+    assert not checks(result)["ledger.balance_drift"]
+    assert not checks(result)["ledger.duplicate_postings"]
+    flags = json.loads((root / ".drill" / "flags.json").read_text())["flags"]
+    assert flags["ledger.fx_conversion"]["defaultVariant"] == "off", "verify restores the flags"
+
+
+def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-untyped-def]
+    """solutions/fp-drift.patch applied: every SLA holds with the triggers still on."""
+    root, env = lab(patch="fp-drift")
+    code, result = verify(root, env)
+    assert code == 0, result
+    assert result["figures"]["ledger.balance_drift"] == 0
+    assert result["figures"]["ledger.duplicate_postings"] == 0
+    assert result["figures"]["ledger.payments"] >= 1000
+
+
+def test_shipped_code_passes_the_clean_baseline(lab) -> None:  # type: ignore[no-untyped-def]
+    """Shipped ledger with every trigger off looks healthy: 'fine in staging'."""
+    root, env = lab()
+    code, result = verify(root, env, "--baseline")
+    assert code == 0, result
+    assert result["baseline"] is True
