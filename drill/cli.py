@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from drill import native
+from drill import native, solutions
 from drill.scenarios import ScenarioFileError, load_program
 from drill.verify import VerifyError, VerifyResult, run_verify
 from faults import (
@@ -224,29 +223,23 @@ def verify(
     console.print("[green]all SLAs met[/green]")
 
 
-def _git_apply(root: Path, name: str, *extra: str) -> None:
-    patch = root / "solutions" / f"{name}.patch"
-    if not patch.exists():
-        known = ", ".join(p.stem for p in sorted((root / "solutions").glob("*.patch")))
-        raise _fail(f"no solution {name!r}; known: {known}")
-    done = subprocess.run(
-        ["git", "apply", *extra, str(patch)], cwd=root, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise _fail(f"git apply {' '.join(extra)} {patch.name} failed:\n{done.stderr.strip()}")
-
-
 @solutions_app.command("apply")
 def solution_apply(name: str, root: RootOption = None) -> None:
     """Apply solutions/NAME.patch to the service code (then `drill restart`)."""
-    _git_apply(_config(root).root, name)
+    try:
+        solutions.apply(_config(root).root, name)
+    except solutions.SolutionError as exc:
+        raise _fail(str(exc)) from None
     console.print(f"applied {name}; restart the services to run it: drill restart")
 
 
 @solutions_app.command("revert")
 def solution_revert(name: str, root: RootOption = None) -> None:
     """Take solutions/NAME.patch back out."""
-    _git_apply(_config(root).root, name, "--reverse")
+    try:
+        solutions.apply(_config(root).root, name, reverse=True)
+    except solutions.SolutionError as exc:
+        raise _fail(str(exc)) from None
     console.print(f"reverted {name}; restart the services: drill restart")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from drill.solutions import copy_lab
 from tests.conftest import REPO_ROOT, free_port_offset
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -24,21 +24,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 # Long enough for well over 1,000 payments at 20 users, short enough for CI.
 VERIFY_SECONDS = "25"
 DRILL = [sys.executable, "-m", "drill.cli"]
-TREE = ["drill", "faults", "services", "loadtests", "solutions", "scenarios.yaml", "pyproject.toml"]
-
-
-def copy_tree(destination: Path) -> Path:
-    """The lab's source as a participant's checkout would hold it."""
-    destination.mkdir()
-    for name in TREE:
-        source = REPO_ROOT / name
-        if source.is_dir():
-            shutil.copytree(
-                source, destination / name, ignore=shutil.ignore_patterns("__pycache__")
-            )
-        else:
-            shutil.copy2(source, destination / name)
-    return destination
 
 
 def drill(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -63,9 +48,7 @@ def lab(postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> It
     started: list[tuple[Path, dict[str, str]]] = []
 
     def start(patch: str | None = None) -> tuple[Path, dict[str, str]]:
-        root = copy_tree(tmp_path / f"tree-{len(started)}")
-        if patch is not None:
-            subprocess.run(["git", "apply", f"solutions/{patch}.patch"], cwd=root, check=True)
+        root = copy_lab(REPO_ROOT, tmp_path / f"tree-{len(started)}", solution=patch)
         database = fresh_database(postgres_url, f"{postgres_url.rsplit('/', 1)[1]}_{len(started)}")
         env = {
             **os.environ,
