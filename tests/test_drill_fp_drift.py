@@ -43,20 +43,23 @@ def fresh_database(admin_url: str, name: str) -> str:
 
 
 @pytest.fixture
-def lab(postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
+def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
     """Start a native lab from a tree (patched or not) with its own database; stop it after."""
     started: list[tuple[Path, dict[str, str]]] = []
 
-    def start(patch: str | None = None) -> tuple[Path, dict[str, str]]:
+    def start(patch: str | None = None, sqlite: bool = False) -> tuple[Path, dict[str, str]]:
         root = copy_lab(REPO_ROOT, tmp_path / f"tree-{len(started)}", solution=patch)
-        database = fresh_database(postgres_url, f"{postgres_url.rsplit('/', 1)[1]}_{len(started)}")
         env = {
             **os.environ,
             "DRILL_STATE_DIR": str(root / ".drill"),
-            "DATABASE_URL": database,
             "DRILL_PORT_OFFSET": str(free_port_offset()),
         }
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        env.pop("DATABASE_URL", None)
+        if not sqlite:
+            postgres_url = request.getfixturevalue("postgres_url")
+            name = f"{postgres_url.rsplit('/', 1)[1]}_{len(started)}"
+            env["DATABASE_URL"] = fresh_database(postgres_url, name)
         up = drill(root, env, "up", "--native")
         assert up.returncode == 0, up.stderr + up.stdout
         started.append((root, env))
@@ -69,8 +72,8 @@ def lab(postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> It
 
 def verify(root: Path, env: dict[str, str], *extra: str) -> tuple[int, dict]:
     result_path = root / "result.json"
-    done = drill(root, env, "verify", "fp-drift", "--duration", VERIFY_SECONDS,
-                 "--json", str(result_path), *extra)  # fmt: skip
+    duration = () if "--duration" in extra else ("--duration", VERIFY_SECONDS)
+    done = drill(root, env, "verify", "fp-drift", *duration, "--json", str(result_path), *extra)
     assert done.returncode in (0, 1), done.stderr + done.stdout
     result = json.loads(result_path.read_text())
     assert "drill verify fp-drift" in done.stdout
@@ -111,3 +114,14 @@ def test_shipped_code_passes_the_clean_baseline(lab) -> None:  # type: ignore[no
     code, result = verify(root, env, "--baseline")
     assert code == 0, result
     assert result["baseline"] is True
+
+
+def test_sqlite_lab_smoke(lab) -> None:  # type: ignore[no-untyped-def]
+    """The default SQLite lab runs a verify end to end and keeps exact balances when clean."""
+    root, env = lab(sqlite=True)
+    assert (root / ".drill" / "ledger.db").exists()
+    code, result = verify(root, env, "--baseline", "--users", "5", "--duration", "8")
+    assert code in (0, 1)
+    assert result["figures"]["ledger.payments"] > 0
+    assert result["figures"]["ledger.balance_drift"] == 0
+    assert result["figures"]["ledger.duplicate_postings"] == 0
