@@ -15,6 +15,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import EventDetails, ProviderEvent
 from openfeature.exception import OpenFeatureError
 from openfeature.provider import ProviderStatus
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge
 
 from faults._catalog import Catalog, FlagValue, load_catalog
@@ -34,6 +35,8 @@ FLAG_STATE_OK = Gauge(
     "1 while the live flag state file is readable, 0 while the last good flags are in force",
     ["service"],
 )
+
+REVEAL_FLAG = "lab.reveal"
 
 # Poll the state file every 200 ms: a flip reaches the service well within 1 s.
 DEFAULT_POLL_MS = 200
@@ -117,17 +120,24 @@ class Flags:
         """The flag's value for this evaluation context (targetingKey picks a fractional bucket)."""
         spec = self.catalog[key]
         with self._lock:
-            if key in self._overrides:
-                return self._overrides[key]
-        ctx = None
-        if context:
-            attributes = dict(context)
-            targeting_key = attributes.pop("targetingKey", None)
-            ctx = EvaluationContext(
-                targeting_key=None if targeting_key is None else str(targeting_key),
-                attributes=attributes,
-            )
-        default = spec.default_value
+            overridden = key in self._overrides
+            value = self._overrides.get(key, spec.default_value)
+        if not overridden:
+            ctx = None
+            if context:
+                attributes = dict(context)
+                targeting_key = attributes.pop("targetingKey", None)
+                ctx = EvaluationContext(
+                    targeting_key=None if targeting_key is None else str(targeting_key),
+                    attributes=attributes,
+                )
+            value = self._evaluate(key, spec.default_value, ctx)
+        if spec.kind == "trigger" and value != spec.default_value and self._revealing():
+            # Debrief only: the span says which trigger shaped this request.
+            trace.get_current_span().set_attribute(f"drill.trigger.{key}", value)
+        return value
+
+    def _evaluate(self, key: str, default: FlagValue, ctx: EvaluationContext | None) -> FlagValue:
         if isinstance(default, bool):
             return self._client.get_boolean_value(key, default, ctx)
         if isinstance(default, int):
@@ -135,6 +145,14 @@ class Flags:
         if isinstance(default, float):
             return self._client.get_float_value(key, default, ctx)
         return self._client.get_string_value(key, default, ctx)
+
+    def _revealing(self) -> bool:
+        with self._lock:
+            if REVEAL_FLAG in self._overrides:
+                return bool(self._overrides[REVEAL_FLAG])
+        return REVEAL_FLAG in self.catalog and bool(
+            self._evaluate(REVEAL_FLAG, self.catalog[REVEAL_FLAG].default_value, None)
+        )
 
     def enabled(self, key: str, context: Mapping[str, Any] | None = None) -> bool:
         return bool(self.value(key, context))
@@ -147,17 +165,6 @@ class Flags:
 
     def text(self, key: str, context: Mapping[str, Any] | None = None) -> str:
         return str(self.value(key, context))
-
-    def active(self, context: Mapping[str, Any] | None = None) -> dict[str, FlagValue]:
-        """Flags of kind trigger whose value differs from the catalog default."""
-        result: dict[str, FlagValue] = {}
-        for key, spec in self.catalog.flags.items():
-            if spec.kind != "trigger":
-                continue
-            current = self.value(key, context)
-            if current != spec.default_value:
-                result[key] = current
-        return result
 
     @contextlib.contextmanager
     def override(self, values: Mapping[str, FlagValue]) -> Iterator[None]:

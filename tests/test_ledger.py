@@ -191,3 +191,32 @@ def test_unknown_account_is_404(client: TestClient) -> None:
     response = client.get(f"/accounts/{account()}/balances")
     assert response.status_code == 404
     assert "has no postings" in response.json()["detail"]
+
+
+def test_reveal_mode_puts_active_triggers_on_the_span(tmp_path: Path) -> None:
+    """With lab.reveal on, the server span names the triggers that shaped it; off, it does not."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = LedgerSettings(state_dir=tmp_path, audit_interval_s=60)
+    app = create_app(settings, tracer_provider=provider)
+    flags = app.state.flags
+    with TestClient(app) as client, flags.override({"ledger.fx_conversion": True}):
+        dark = client.post("/transactions", json=payment(account(), "1.00", "EUR"))
+        with flags.override({"lab.reveal": True}):
+            lit = client.post("/transactions", json=payment(account(), "1.00", "EUR"))
+
+    def attributes(response) -> dict:  # type: ignore[no-untyped-def]
+        trace_id = int(response.headers["x-trace-id"], 16)
+        merged: dict = {}
+        for span in exporter.get_finished_spans():
+            if span.context.trace_id == trace_id:
+                merged.update(span.attributes or {})
+        return merged
+
+    assert not any(k.startswith("drill.") for k in attributes(dark))
+    assert attributes(lit)["drill.trigger.ledger.fx_conversion"] is True
