@@ -66,7 +66,7 @@ def up(
 ) -> None:
     """Start the lab."""
     if not native_lab:
-        raise _fail("the compose lab starts with `docker compose up -d`; use `drill up --native`")
+        raise _fail("this checkout has no compose lab yet; start the lab with `drill up --native`")
     try:
         _print_status(native.up(_config(root), only=only))
     except native.LabError as exc:

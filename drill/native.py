@@ -307,7 +307,7 @@ def _up(config: LabConfig, names: list[str], ready_timeout: float) -> list[Servi
             run_file.unlink(missing_ok=True)
             to_start.append(spec)
 
-        busy = [spec for spec in to_start if not _port_free(config.port(spec))]
+        busy = [spec for spec in to_start if not port_free(config.port(spec))]
         if busy:
             taken = ", ".join(f"{config.port(spec)} ({spec.name})" for spec in busy)
             raise LabError(
@@ -555,7 +555,7 @@ def _cmdline(pid: int) -> str | None:
     return result.stdout.strip() or None
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # As uvicorn does: a just-stopped service's TIME_WAIT sockets must not block its restart.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -564,6 +564,19 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port_offset() -> int:
+    """A DRILL_PORT_OFFSET that puts every service on a port free right now (tests, benchmarks)."""
+    ports = [spec.port for spec in SERVICES.values()]
+    low, high = min(ports), max(ports)
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            base = int(sock.getsockname()[1])
+        if base + (high - low) < 65536 and all(port_free(base - low + p) for p in ports):
+            return base - low
+    raise LabError("no free range of ports found for the lab; stop other labs and retry")
 
 
 def _write_lab_file(config: LabConfig) -> None:

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from drill.cli import app
-from tests.conftest import REPO_ROOT, free_port_offset
+from drill.native import free_port_offset
+from tests.conftest import REPO_ROOT
 
 runner = CliRunner()
 

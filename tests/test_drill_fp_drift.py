@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from drill.native import free_port_offset
 from drill.solutions import copy_lab
-from tests.conftest import REPO_ROOT, free_port_offset
+from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from drill import native
-from drill.native import LabConfig, LabError, ServiceSpec
-from tests.conftest import free_port_offset, port_free
+from drill.native import LabConfig, LabError, ServiceSpec, free_port_offset, port_free
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,24 +121,27 @@ def test_service_that_cannot_start_raises_with_log_tail(
     assert not (config.state_dir / "lab.json").exists()
 
 
+def write_run_file(config: LabConfig, pid: int) -> Path:
+    """A ledger run file as drill up writes it, naming the given pid."""
+    path = config.state_dir / "run" / "ledger.json"
+    path.parent.mkdir(parents=True)
+    record = {
+        "pid": pid,
+        "port": 8001 + config.port_offset,
+        "url": "http://127.0.0.1:1",
+        "app": "services.ledger.app:create_app",
+        "root": str(ROOT),
+        "started_at": "2024-01-01T00:00:00+00:00",
+    }
+    path.write_text(json.dumps(record))
+    return path
+
+
 def test_down_with_stale_run_file_is_clean(config: LabConfig) -> None:
     """A run file whose pid is dead is removed without stopping anything."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    run_dir = config.state_dir / "run"
-    run_dir.mkdir(parents=True)
-    (run_dir / "ledger.json").write_text(
-        json.dumps(
-            {
-                "pid": dead.pid,
-                "port": 8001 + config.port_offset,
-                "url": "http://127.0.0.1:1",
-                "app": "services.ledger.app:create_app",
-                "root": str(ROOT),
-                "started_at": "2024-01-01T00:00:00+00:00",
-            }
-        )
-    )
+    run_dir = write_run_file(config, dead.pid).parent
     (config.state_dir / "lab.json").write_text('{"services": {"ledger": "http://127.0.0.1:1"}}')
     [row] = native.status(config)
     assert not row.running and "stale run file" in row.detail
@@ -154,20 +156,7 @@ def test_down_leaves_a_reused_pid_alone(config: LabConfig) -> None:
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
     )
     try:
-        run_dir = config.state_dir / "run"
-        run_dir.mkdir(parents=True)
-        (run_dir / "ledger.json").write_text(
-            json.dumps(
-                {
-                    "pid": other.pid,
-                    "port": 8001 + config.port_offset,
-                    "url": "http://127.0.0.1:1",
-                    "app": "services.ledger.app:create_app",
-                    "root": str(ROOT),
-                    "started_at": "2024-01-01T00:00:00+00:00",
-                }
-            )
-        )
+        run_dir = write_run_file(config, other.pid).parent
         assert native.down(config) == []
         assert other.poll() is None
         assert not (run_dir / "ledger.json").exists()
