@@ -220,3 +220,38 @@ def test_reveal_mode_puts_active_triggers_on_the_span(tmp_path: Path) -> None:
 
     assert not any(k.startswith("drill.") for k in attributes(dark))
     assert attributes(lit)["drill.trigger.ledger.fx_conversion"] is True
+
+
+def test_a_flag_flip_changes_the_service_within_a_second(tmp_path: Path) -> None:
+    """Writing ledger.fx_conversion to the state file changes how the next posting is booked."""
+    from faults import load_catalog, reset_flags, set_flags
+
+    catalog = load_catalog()
+    reset_flags(tmp_path, catalog)
+    with TestClient(create_app(LedgerSettings(state_dir=tmp_path, audit_interval_s=60))) as client:
+        acct = account()
+        assert (
+            client.post("/transactions", json=payment(acct, "1.00", "EUR")).json()["currency"]
+            == "EUR"
+        )
+        set_flags(tmp_path, catalog, {"ledger.fx_conversion": ("on", None)})
+        started = time.perf_counter()
+        while (
+            client.post("/transactions", json=payment(acct, "1.00", "EUR")).json()["currency"]
+            != "USD"
+        ):
+            assert time.perf_counter() - started < 1.0, "flip not seen within 1 s"
+            time.sleep(0.02)
+
+
+def test_readyz_reports_an_unreachable_database(tmp_path: Path) -> None:
+    """/readyz answers 503 naming the database while /healthz stays 200."""
+    settings = LedgerSettings(
+        state_dir=tmp_path,
+        database_url="postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1",
+    )
+    client = TestClient(create_app(settings))  # no lifespan: the database is never reached
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("database:")
+    assert client.get("/healthz").status_code == 200
