@@ -46,7 +46,9 @@ def create_db_engine(settings: ServiceSettings) -> Engine:
 
         return engine
     # 20 connections: the threadpool runs up to 40 handlers, most of them short.
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per checkout; a connection lost to a database
+    # restart fails one request and is then replaced.
+    return create_engine(url, pool_size=10, max_overflow=10, pool_recycle=300)
 
 
 def schema_fingerprint(engine: Engine, metadata: MetaData) -> str:

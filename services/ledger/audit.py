@@ -33,6 +33,10 @@ class Auditor:
         self._sessions = sessions
         self._lock = threading.Lock()
         self._recount: dict[tuple[str, str], Decimal] = {}
+        # Served balances change only when postings arrive: re-read just those accounts.
+        self._served: dict[tuple[str, str], Decimal] = {}
+        # Postings can commit between the recount and the balance read; one more round settles.
+        self._settling: set[str] = set()
         self._counted: set[int] = set()
         self._cursor = 0
         self._stop = threading.Event()
@@ -66,8 +70,12 @@ class Auditor:
         """Count new postings, compare every account, and publish the figures as metrics."""
         with self._lock, self._sessions() as session:
             changed = self._count_new_rows(session)
-            accounts = sorted({account for account, _ in self._recount})
-            served = {account: account_balances(session, account) for account in accounts}
+            changed, self._settling = changed | self._settling, changed
+            for account in changed:
+                for currency, amount in account_balances(session, account).items():
+                    served = Decimal(format_amount(amount, currency))
+                    self._served[(account, currency)] = served
+                    metrics.BALANCE.labels(account, currency).set(float(served))
             postings = session.scalar(select(func.count(Transaction.id))) or 0
             keyed = select(Transaction.idempotency_key).where(
                 Transaction.idempotency_key.is_not(None)
@@ -88,7 +96,7 @@ class Auditor:
             )
             lines = []
             for (account, currency), recount in sorted(self._recount.items()):
-                balance = Decimal(format_amount(served[account].get(currency, 0), currency))
+                balance = self._served.get((account, currency), Decimal(0))
                 difference = balance - recount
                 lines.append(
                     AccountReconciliation(
@@ -99,8 +107,7 @@ class Auditor:
                         difference=str(difference),
                     )
                 )
-                if account in changed or not self._thread:
-                    metrics.BALANCE.labels(account, currency).set(float(balance))
+                if account in changed:
                     metrics.RECONCILIATION_DIFFERENCE.labels(account, currency).set(
                         float(difference)
                     )
