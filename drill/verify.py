@@ -164,14 +164,19 @@ def _run_locust(
     with open(run_dir / "locust.log", "w") as log:
         # Locust runs as a subprocess: importing it would monkey-patch this process with gevent.
         process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        budget = seconds + STOP_TIMEOUT_S + 60
         try:
-            code = process.wait(timeout=seconds + STOP_TIMEOUT_S + 60)
-        except BaseException:
+            code = process.wait(timeout=budget)
+        except BaseException as exc:
             process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=STOP_TIMEOUT_S + 5)
             except subprocess.TimeoutExpired:
                 process.kill()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise VerifyError(
+                    f"locust did not finish within {budget:g}s; see {run_dir / 'locust.log'}"
+                ) from None
             raise
     # Locust exits 1 when any request failed, which is a finding, not a broken run.
     if code not in (0, 1) or not (run_dir / "samples.tsv").exists():
@@ -219,7 +224,13 @@ def run_verify(
     for service in scenario.services:
         collector = COLLECTORS.get(service)
         if collector is not None:
-            figures.update(collector(urls[service], run_dir / "truth.jsonl"))
+            try:
+                figures.update(collector(urls[service], run_dir / "truth.jsonl"))
+            except httpx.HTTPError as exc:
+                raise VerifyError(
+                    f"the load ran, but {service} did not answer the checks' reads "
+                    f"({type(exc).__name__}: {exc}); see `drill status` and its log"
+                ) from None
     samples = read_samples(run_dir / "samples.tsv")
     figures.update(request_figures(samples, seconds))
     checks = evaluate(scenario.sla, samples, seconds, figures)
