@@ -3,7 +3,8 @@
 Starts a native lab (shipped code, then the fp-drift reference fix) whose ledger exports its
 spans over OTLP/HTTP to a tiny local sink, and drives it with wrk: POST-only runs (a fixed small
 USD credit spread over 1,000 accounts, as a fresh workshop lab sees) and GET-only runs
-(balances of those accounts), each `wrk -t1 -c8 -d15s --latency`, three times. Prints median req/s and wrk's p50/p99 latency.
+(balances of those accounts), each `wrk -t1 -c8 -d15s --latency`, three times. Prints
+median req/s and wrk's p50/p99 latency.
 
 Run: .venv/bin/python benchmarks/ledger_throughput.py   (needs wrk: apt-get install -y wrk)
 """

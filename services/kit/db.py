@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import Engine, MetaData, String, create_engine, event, text
+from sqlalchemy import Column, Engine, MetaData, String, Table, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateTable
 
@@ -64,8 +64,6 @@ def ensure_schema(engine: Engine, metadata: MetaData, service: str) -> None:
     Participants change models while fixing a drill; a stale table would fail in confusing ways.
     """
     registry = MetaData()
-    from sqlalchemy import Column, Table
-
     lab_schema = Table(
         "lab_schema",
         registry,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -38,6 +40,4 @@ def create_app(
 
 
 def _commit_id() -> str:
-    import uuid
-
     return uuid.uuid4().hex
