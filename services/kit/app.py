@@ -46,7 +46,8 @@ def readyz(request: Request, response: Response) -> dict[str, str]:
     return {"status": "ok"}
 
 
-def get_flags(request: Request) -> Flags:
+async def get_flags(request: Request) -> Flags:
+    # async: a sync dependency costs a threadpool hop per request, and this one never blocks.
     flags: Flags = request.app.state.flags
     return flags
 
