@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from drill.native import free_port_offset
 from drill.solutions import copy_lab
-from tests.conftest import REPO_ROOT
+from tests.conftest import POSTGRES_ADMIN_URL, REPO_ROOT
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -34,12 +34,16 @@ def drill(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPr
     )  # fmt: skip
 
 
-def fresh_database(admin_url: str, name: str) -> str:
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+def _admin(url: str, *statements: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        for statement in statements:
+            conn.execute(text(statement))
     engine.dispose()
+
+
+def fresh_database(admin_url: str, name: str) -> str:
+    _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
@@ -69,6 +73,9 @@ def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
     yield start
     for root, env in started:
         drill(root, env, "down")
+        if "DATABASE_URL" in env:
+            name = env["DATABASE_URL"].rsplit("/", 1)[1]
+            _admin(POSTGRES_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def verify(root: Path, env: dict[str, str], *extra: str) -> tuple[int, dict]:
