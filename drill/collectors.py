@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 
-# ISO 4217 minor units of the currencies the payment client sends.
+# ISO 4217 minor units of the currencies the payment client sends. Kept apart from the
+# ledger's own table on purpose: the checker must not move when a participant edits the service.
 MINOR_UNITS = {"USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "JPY": 0}
 
 

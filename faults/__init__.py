@@ -5,14 +5,11 @@ from faults._client import Flags
 from faults._state import (
     FlagStateError,
     describe,
-    flag_definition,
     read_document,
     reset_flags,
     restore_document,
     set_flags,
-    state_dir,
     state_path,
-    write_document,
 )
 
 __all__ = [
@@ -24,13 +21,10 @@ __all__ = [
     "FlagValue",
     "Flags",
     "describe",
-    "flag_definition",
     "load_catalog",
     "read_document",
     "reset_flags",
     "restore_document",
     "set_flags",
-    "state_dir",
     "state_path",
-    "write_document",
 ]

@@ -27,11 +27,6 @@ class Conflict(DomainError):
     code = "conflict"
 
 
-class Unprocessable(DomainError):
-    status_code = 422
-    code = "unprocessable"
-
-
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status_code)

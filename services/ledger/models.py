@@ -38,7 +38,6 @@ class Transaction(Base):
         return self.amount if self.direction == "credit" else -self.amount
 
 
-AccountId = str
 Currency = Literal["USD", "EUR", "GBP", "CHF", "JPY"]
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
