@@ -48,7 +48,10 @@ def main() -> int:
     elapsed_ms: list[float] = []
     polls: list[int] = []
     timeouts = 0
-    with running_lab(backend=backend) as lab, http_client(lab.ledger_url, timeout=5) as client:
+    with (
+        running_lab(backend=backend, only=["ledger"]) as lab,
+        http_client(lab.ledger_url, timeout=5) as client,
+    ):
         faults.reset_flags(lab.state_dir, catalog)
         # Let the service pick up the reset file before the first measured flip.
         time.sleep(0.5)

@@ -177,7 +177,7 @@ def main() -> int:
     started = time.perf_counter()
     results: dict[str, list[Point]] = {}
     for solution in (None, "fp-drift"):
-        with running_lab(solution, backend=backend) as lab:
+        with running_lab(solution, backend=backend, only=["ledger"]) as lab:
             points = measure(lab)
         results[points[0].code] = points
     print()

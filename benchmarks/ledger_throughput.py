@@ -244,7 +244,7 @@ def measure(
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(OtlpSink()) if tracing else None
         endpoint = sink.endpoint if sink else None
-        with running_lab(solution, backend=backend, otlp_endpoint=endpoint) as lab:
+        with running_lab(solution, backend=backend, otlp_endpoint=endpoint, only=["ledger"]) as lab:
             engine = lab.engine()
             try:
                 url, pid = lab.ledger_url, service_pid(lab)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -171,7 +172,8 @@ def _print_result(result: VerifyResult) -> None:
     table = Table(
         "check", "figure", "value", "bound", "result",
         title=f"drill verify {result.scenario}: {mode}, {result.users} users, "
-        f"{result.load_seconds:g}s",
+        f"{result.load_seconds:g}s"
+        + (f" (first {result.warmup_seconds:g}s not judged)" if result.warmup_seconds else ""),
     )  # fmt: skip
     for check in result.checks:
         figure = check.figure + (f" [{check.request}]" if check.request else "")
@@ -221,6 +223,39 @@ def verify(
         errors.print("[red]SLA missed[/red]")
         raise typer.Exit(1)
     console.print("[green]all SLAs met[/green]")
+
+
+@app.command()
+def seed(
+    number: Annotated[
+        int, typer.Option("--seed", min=0, help="Seed number: the same number, the same data.")
+    ] = 7,
+    users: Annotated[int, typer.Option(min=1100, max=50_000, help="Users to create.")] = 2000,
+    root: RootOption = None,
+) -> None:
+    """Reseed the feed's users, follows and posts (the running feed service does it)."""
+    url = native.endpoints(_config(root)).get("feed")
+    if url is None:
+        raise _fail("this lab has no feed service")
+    try:
+        response = httpx.post(
+            f"{url}/admin/seed",
+            json={"seed": number, "users": users},
+            timeout=300,
+            trust_env=False,
+        )
+    except httpx.HTTPError as exc:
+        raise _fail(
+            f"feed is not reachable at {url} ({type(exc).__name__}); start the lab with "
+            "`drill up --native` (or `drill up --native --only feed --only profiles`)"
+        ) from None
+    if response.status_code != 200:
+        raise _fail(f"feed refused the reseed: HTTP {response.status_code} {response.text[:300]}")
+    body = response.json()
+    console.print(
+        f"feed reseeded from seed {body['seed']}: {body['users']:,} users, "
+        f"{body['follows']:,} follows, {body['posts']:,} posts"
+    )
 
 
 @solutions_app.command("apply")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 # ISO 4217 minor units of the currencies the payment client sends. Kept apart from the
 # ledger's own table on purpose: the checker must not move when a participant edits the service.
@@ -83,5 +85,120 @@ def collect_ledger(base_url: str, truth_path: Path) -> dict[str, float]:
     }
 
 
+# One small order, as a shopper would send it; an idle chain answers it in milliseconds.
+PROBE_ORDER = {"customer_id": "drill-probe", "lines": [{"sku": "TEA-SENCHA", "quantity": 1}]}
+PROBE_TIMEOUT_S = 3.0
+
+
+def order_answered(base_url: str) -> bool:
+    """Whether chain-a takes one order within the probe timeout."""
+    try:
+        with httpx.Client(base_url=base_url, timeout=PROBE_TIMEOUT_S, trust_env=False) as client:
+            return client.post("/orders", json=PROBE_ORDER).status_code in (200, 201, 202)
+    except httpx.HTTPError:
+        return False
+
+
+def collect_chain(base_url: str, truth_path: Path) -> dict[str, float]:
+    """Whether the chain still takes an order once the load has stopped."""
+    return {"chain.orders_after_load": 1.0 if order_answered(base_url) else 0.0}
+
+
+def probe_chain(base_url: str) -> str | None:
+    """Steady state: a chain left stuck by an earlier run must not be measured again."""
+    if order_answered(base_url):
+        return None
+    return (
+        f"chain-a at {base_url} answers /readyz but took no order within {PROBE_TIMEOUT_S:g} s: "
+        "the chain is stuck (an earlier run?). Restart it with `drill restart chain`"
+    )
+
+
+FEED_ROUTE = "/feed/{user_id}"
+# The service's own histograms, as (metric, labels); read before and after the load.
+_FEED_HISTOGRAMS = {
+    "db": ("db_queries_per_request", {"service": "feed", "route": FEED_ROUTE}),
+    "calls": ("http_client_calls_per_request", {"service": "feed", "route": FEED_ROUTE}),
+    "lag": ("event_loop_lag_seconds", {"service": "feed"}),
+}
+Buckets = dict[float, float]
+
+
+def _histograms(base_url: str) -> dict[str, dict[str, Any]]:
+    """Cumulative bucket counts and sums of the feed's work histograms, from /metrics."""
+    # Generous: a service whose event loop is stalled answers once it has worked off its queue.
+    response = httpx.get(f"{base_url}/metrics", timeout=180, trust_env=False)
+    response.raise_for_status()
+    found: dict[str, dict[str, Any]] = {
+        key: {"buckets": {}, "sum": 0.0} for key in _FEED_HISTOGRAMS
+    }
+    for family in text_string_to_metric_families(response.text):
+        for key, (name, labels) in _FEED_HISTOGRAMS.items():
+            if family.name != name:
+                continue
+            for sample in family.samples:
+                if any(sample.labels.get(k) != v for k, v in labels.items()):
+                    continue
+                if sample.name == f"{name}_bucket":
+                    found[key]["buckets"][float(sample.labels["le"])] = sample.value
+                elif sample.name == f"{name}_sum":
+                    found[key]["sum"] = sample.value
+    return found
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any]) -> tuple[Buckets, float, float]:
+    buckets = {le: n - before["buckets"].get(le, 0.0) for le, n in after["buckets"].items()}
+    count = buckets.get(math.inf, 0.0)
+    return buckets, count, after["sum"] - before["sum"]
+
+
+def _highest_bound(buckets: Buckets) -> float:
+    """The upper bound of the highest bucket any observation fell in (exact for 0..5)."""
+    previous, highest = 0.0, math.nan
+    for le in sorted(buckets):
+        if buckets[le] > previous:
+            highest = le
+        previous = buckets[le]
+    return highest
+
+
+def snapshot_feed(base_url: str, run_dir: Path) -> None:
+    """The feed's work histograms before the load, so the figures cover this run only."""
+    (run_dir / "feed-before.json").write_text(json.dumps(_histograms(base_url), default=str))
+
+
+def collect_feed(base_url: str, truth_path: Path) -> dict[str, float]:
+    """Statements and outgoing calls per timeline request, and event-loop lag, during the run."""
+    before_path = truth_path.parent / "feed-before.json"
+    empty = {key: {"buckets": {}, "sum": 0.0} for key in _FEED_HISTOGRAMS}
+    raw: dict[str, Any] = json.loads(before_path.read_text()) if before_path.exists() else empty
+    before = {
+        key: {"buckets": {float(le): n for le, n in v["buckets"].items()}, "sum": v["sum"]}
+        for key, v in raw.items()
+    }
+    after = _histograms(base_url)
+    figures: dict[str, float] = {}
+    db, requests, statements = _delta(after["db"], before["db"])
+    _, _, calls = _delta(after["calls"], before["calls"])
+    lag, ticks, lag_sum = _delta(after["lag"], before["lag"])
+    figures["feed.timeline_requests"] = requests
+    figures["feed.db_queries_per_request_max"] = _highest_bound(db)
+    figures["feed.db_queries_per_request_mean"] = statements / requests if requests else math.nan
+    figures["feed.external_calls_per_request_mean"] = calls / requests if requests else math.nan
+    figures["feed.event_loop_lag_mean_ms"] = 1000 * lag_sum / ticks if ticks else math.nan
+    figures["feed.event_loop_lag_max_ms"] = 1000 * _highest_bound(lag)
+    return figures
+
+
 Collector = Callable[[str, Path], dict[str, float]]
-COLLECTORS: dict[str, Collector] = {"ledger": collect_ledger}
+COLLECTORS: dict[str, Collector] = {
+    "ledger": collect_ledger,
+    "chain-a": collect_chain,
+    "feed": collect_feed,
+}
+# Steady-state probes beyond /readyz: None when the service does real work, else what to do.
+Probe = Callable[[str], str | None]
+PROBES: dict[str, Probe] = {"chain-a": probe_chain}
+# Called with the service's URL and the run directory just before the load starts.
+Snapshot = Callable[[str, Path], None]
+SNAPSHOTS: dict[str, Snapshot] = {"feed": snapshot_feed}

@@ -39,19 +39,53 @@ class LabError(Exception):
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """One lab service: its name, ASGI app factory, default port and extra environment."""
+    """One lab service: its name, ASGI app factory, default port, extra environment and peers.
+
+    `peers` maps an environment variable to another service's name; the child gets that
+    service's URL in this lab (port offset included), so a service never hard-codes a port.
+    """
 
     name: str
     app: str = "services.ledger.app:create_app"
     port: int = 8001
     env: dict[str, str] = field(default_factory=dict)
+    peers: dict[str, str] = field(default_factory=dict)
 
 
-# One row per service. The chain services share one package and differ only by env, e.g.
-# ServiceSpec("chain-a", "services.chain.app:create_app", 8011, {"CHAIN_ROLE": "a"}).
+# One row per service. The chain services share one package and differ only by env.
 SERVICES: dict[str, ServiceSpec] = {
-    spec.name: spec for spec in (ServiceSpec("ledger", "services.ledger.app:create_app", 8001),)
+    spec.name: spec
+    for spec in (
+        ServiceSpec("ledger", "services.ledger.app:create_app", 8001),
+        ServiceSpec(
+            "chain-a",
+            "services.chain.app:create_app",
+            8011,
+            env={"CHAIN_ROLE": "a"},
+            peers={"CHAIN_PRICING_URL": "chain-b"},
+        ),
+        ServiceSpec(
+            "chain-b",
+            "services.chain.app:create_app",
+            8012,
+            env={"CHAIN_ROLE": "b"},
+            peers={"CHAIN_STOCK_URL": "chain-c"},
+        ),
+        ServiceSpec(
+            "chain-c",
+            "services.chain.app:create_app",
+            8013,
+            env={"CHAIN_ROLE": "c"},
+            peers={"CHAIN_ORDERS_URL": "chain-a"},
+        ),
+        ServiceSpec(
+            "feed", "services.feed.app:create_app", 8021, peers={"PROFILES_URL": "profiles"}
+        ),
+        ServiceSpec("profiles", "services.profiles.app:create_app", 8022),
+    )
 }
+# Names that stand for several services on the command line (`drill restart chain`).
+GROUPS: dict[str, tuple[str, ...]] = {"chain": ("chain-a", "chain-b", "chain-c")}
 
 
 @dataclass(frozen=True)
@@ -248,10 +282,12 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 def _select(names: Sequence[str] | None) -> list[str]:
     if names is None:
         return list(SERVICES)
+    names = [member for name in names for member in GROUPS.get(name, (name,))]
     unknown = [name for name in names if name not in SERVICES]
     if unknown:
         raise LabError(
-            f"unknown service {', '.join(map(repr, unknown))}; choose from: {', '.join(SERVICES)}"
+            f"unknown service {', '.join(map(repr, unknown))}; choose from: "
+            f"{', '.join([*SERVICES, *GROUPS])}"
         )
     return list(dict.fromkeys(names))
 
@@ -350,6 +386,9 @@ def _spawn(config: LabConfig, spec: ServiceSpec) -> _Pending:
         # The tree under root must win over an installed `services` (tests patch a copy).
         "--app-dir", str(config.root),
         "--no-access-log", "--log-level", "warning",
+        # A deadlocked service never finishes its requests; without a bound, stopping it
+        # waits out STOP_TIMEOUT_S and ends in SIGKILL.
+        "--timeout-graceful-shutdown", "3",
     ]  # fmt: skip
     config.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.log_dir / f"{spec.name}.log"
@@ -402,6 +441,8 @@ def _child_env(config: LabConfig, spec: ServiceSpec) -> dict[str, str]:
         else:
             env.pop(key, None)
     env.update(spec.env)
+    for variable, peer in spec.peers.items():
+        env[variable] = config.url(SERVICES[peer])
     return env
 
 

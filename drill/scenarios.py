@@ -25,6 +25,13 @@ SERVICE_FIGURES = frozenset(
         "ledger.duplicate_postings",
         "ledger.unconfirmed_payments",
         "ledger.payments",
+        "chain.orders_after_load",
+        "feed.timeline_requests",
+        "feed.db_queries_per_request_max",
+        "feed.db_queries_per_request_mean",
+        "feed.external_calls_per_request_mean",
+        "feed.event_loop_lag_mean_ms",
+        "feed.event_loop_lag_max_ms",
     }
 )
 
@@ -68,6 +75,15 @@ class Load(Strict):
     spawn_rate: float = Field(gt=0)
     duration: Seconds
     host: str = Field(description="The service Locust targets")
+    warmup: Seconds | None = Field(
+        None, description="Requests started in the first seconds of the load are not judged"
+    )
+
+    @model_validator(mode="after")
+    def _warmup_within_duration(self) -> Load:
+        if self.warmup is not None and self.warmup >= self.duration:
+            raise ValueError("warmup must be shorter than duration")
+        return self
 
 
 class SlaCheck(Strict):
@@ -76,6 +92,11 @@ class SlaCheck(Strict):
     request: str | None = Field(None, description='e.g. "POST /transactions"; default all')
     max: float | None = None
     min: float | None = None
+    baseline: bool = Field(
+        True,
+        description="false for a check of the fix rather than of health (e.g. queries per "
+        "request); `drill verify --baseline` skips it",
+    )
 
     @model_validator(mode="after")
     def _known_bound(self) -> SlaCheck:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from drill.collectors import COLLECTORS
+from drill.collectors import COLLECTORS, PROBES, SNAPSHOTS
 from drill.native import LabConfig, endpoints
 from drill.scenarios import REQUEST_FIGURES, Scenario, SlaCheck, load_program
 from faults import load_catalog, read_document, reset_flags, restore_document, set_flags, state_path
@@ -39,6 +39,7 @@ class Sample:
     name: str
     ms: float
     ok: bool
+    started: float | None = None  # epoch seconds; older sample files lack it
 
     @property
     def request(self) -> str:
@@ -67,6 +68,7 @@ class VerifyResult:
     run_dir: str
     checks: list[CheckResult] = field(default_factory=list)
     figures: dict[str, float] = field(default_factory=dict)
+    warmup_seconds: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, allow_nan=True)
@@ -76,8 +78,9 @@ def read_samples(path: Path) -> list[Sample]:
     samples = []
     if path.exists():
         for line in path.read_text().splitlines():
-            method, name, ms, ok = line.split("\t")
-            samples.append(Sample(method, name, float(ms), ok == "1"))
+            method, name, ms, ok, *rest = line.split("\t")
+            started = float(rest[0]) if rest else None
+            samples.append(Sample(method, name, float(ms), ok == "1", started))
     return samples
 
 
@@ -137,6 +140,10 @@ def _check_steady_state(scenario: Scenario, urls: dict[str, str]) -> None:
             ) from None
         if not ready:
             raise VerifyError(f"{service} at {url} is up but not ready; see `drill status`")
+        probe = PROBES.get(service)
+        problem = probe(url) if probe is not None else None
+        if problem is not None:
+            raise VerifyError(problem)
 
 
 def _run_locust(
@@ -160,6 +167,8 @@ def _run_locust(
         "DRILL_SAMPLES": str(run_dir / "samples.tsv"),
         "DRILL_GROUND_TRUTH": str(run_dir / "truth.jsonl"),
         "DRILL_RUN_ID": run_dir.name,
+        # Load tests that read flags (feed.heavy_users) read this lab's.
+        "DRILL_STATE_DIR": str(run_dir.parents[1]),
     }
     with open(run_dir / "locust.log", "w") as log:
         # Locust runs as a subprocess: importing it would monkey-patch this process with gevent.
@@ -206,6 +215,12 @@ def run_verify(
     run_dir.mkdir(parents=True)
     seconds = seconds or scenario.load.duration
     users = users or scenario.load.users
+    warmup = scenario.load.warmup or 0.0
+    if seconds <= warmup:
+        raise VerifyError(
+            f"--duration {seconds:g} leaves nothing to judge: {scenario_name} warms up for "
+            f"{warmup:g} s first; give a longer duration"
+        )
 
     saved = read_document(state_path(state_dir), catalog)
     try:
@@ -215,6 +230,17 @@ def run_verify(
             triggers = {t.flag: (t.variant, t.percent) for t in scenario.triggers}
             set_flags(state_dir, catalog, triggers, reset_others=True)
         time.sleep(FLAG_SETTLE_S)
+        for service in scenario.services:
+            snapshot = SNAPSHOTS.get(service)
+            if snapshot is not None:
+                try:
+                    snapshot(urls[service], run_dir)
+                except httpx.HTTPError as exc:
+                    raise VerifyError(
+                        f"{service} did not answer the checks' first read "
+                        f"({type(exc).__name__}: {exc}); see `drill status` and its log"
+                    ) from None
+        load_started = time.time()
         _run_locust(root, scenario, urls, run_dir, users, seconds)
     finally:
         restore_document(state_dir, saved)
@@ -232,8 +258,14 @@ def run_verify(
                     f"({type(exc).__name__}: {exc}); see `drill status` and its log"
                 ) from None
     samples = read_samples(run_dir / "samples.tsv")
-    figures.update(request_figures(samples, seconds))
-    checks = evaluate(scenario.sla, samples, seconds, figures)
+    if warmup:
+        # Requests started while users were still spawning and caches were cold are not judged.
+        cutoff = load_started + warmup
+        samples = [s for s in samples if s.started is None or s.started >= cutoff]
+    figures.update(request_figures(samples, seconds - warmup))
+    # The baseline asks "does it look healthy?"; checks of how the fix works do not apply.
+    sla = [check for check in scenario.sla if check.baseline or not baseline]
+    checks = evaluate(sla, samples, seconds - warmup, figures)
     result = VerifyResult(
         scenario=scenario_name,
         baseline=baseline,
@@ -244,6 +276,7 @@ def run_verify(
         run_dir=str(run_dir),
         checks=checks,
         figures=figures,
+        warmup_seconds=warmup,
     )
     (run_dir / "result.json").write_text(result.to_json())
     return result

@@ -98,8 +98,9 @@ class Flags:
             self._provider = None
 
     def _on_error(self, details: EventDetails) -> None:
-        FLAG_STATE_ERRORS.labels(self.service).inc()
+        # The gauge first: whoever sees the error counted also sees the state as not ok.
         FLAG_STATE_OK.labels(self.service).set(0)
+        FLAG_STATE_ERRORS.labels(self.service).inc()
         with self._lock:
             was_healthy, self._healthy = self._healthy, False
         if was_healthy is not False:

@@ -50,10 +50,13 @@ def _on_request(
     name: str,
     response_time: float,
     exception: BaseException | None = None,
+    start_time: float | None = None,
     **_kwargs: Any,
 ) -> None:
-    # method, name, milliseconds, ok: one line per request, including failures and timeouts.
-    samples.write(f"{request_type}\t{name}\t{response_time:.3f}\t{0 if exception else 1}")
+    # method, name, milliseconds, ok, start (epoch s): one line per request, failures included.
+    # The start lets verify leave a scenario's warm-up out of the judged samples.
+    started = f"\t{start_time:.3f}" if start_time is not None else ""
+    samples.write(f"{request_type}\t{name}\t{response_time:.3f}\t{0 if exception else 1}{started}")
 
 
 @events.test_stop.add_listener

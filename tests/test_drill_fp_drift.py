@@ -7,89 +7,49 @@ the triggers still on; the shipped code with every trigger off must pass (the cl
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from drill.native import free_port_offset
 from drill.solutions import copy_lab
-from tests.conftest import POSTGRES_ADMIN_URL, REPO_ROOT
+from tests.conftest import REPO_ROOT
+from tests.labs import check_results, drop_database, fresh_database, lab_env, run_drill
+from tests.labs import verify as run_verify
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 # Long enough for well over 1,000 payments at 20 users, short enough for CI.
 VERIFY_SECONDS = "25"
-DRILL = [sys.executable, "-m", "drill.cli"]
-
-
-def drill(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*DRILL, *args, "--root", str(root)],
-        env=env, cwd=root, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-
-
-def _admin(url: str, *statements: str) -> None:
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        for statement in statements:
-            conn.execute(text(statement))
-    engine.dispose()
-
-
-def fresh_database(admin_url: str, name: str) -> str:
-    _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 @pytest.fixture
 def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
-    """Start a native lab from a tree (patched or not) with its own database; stop it after."""
+    """Start the ledger from a tree (patched or not) with its own database; stop it after."""
     started: list[tuple[Path, dict[str, str]]] = []
 
     def start(patch: str | None = None, sqlite: bool = False) -> tuple[Path, dict[str, str]]:
         root = copy_lab(REPO_ROOT, tmp_path / f"tree-{len(started)}", solution=patch)
-        env = {
-            **os.environ,
-            "DRILL_STATE_DIR": str(root / ".drill"),
-            "DRILL_PORT_OFFSET": str(free_port_offset()),
-        }
-        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-        env.pop("DATABASE_URL", None)
+        database_url = None
         if not sqlite:
             postgres_url = request.getfixturevalue("postgres_url")
-            name = f"{postgres_url.rsplit('/', 1)[1]}_{len(started)}"
-            env["DATABASE_URL"] = fresh_database(postgres_url, name)
-        up = drill(root, env, "up", "--native")
-        assert up.returncode == 0, up.stderr + up.stdout
+            database_url = fresh_database(f"{postgres_url.rsplit('/', 1)[1]}_{len(started)}")
+        env = lab_env(root, database_url=database_url)
         started.append((root, env))
+        up = run_drill(root, env, "up", "--native", "--only", "ledger")
+        assert up.returncode == 0, up.stderr + up.stdout
         return root, env
 
     yield start
     for root, env in started:
-        drill(root, env, "down")
+        run_drill(root, env, "down")
         if "DATABASE_URL" in env:
-            name = env["DATABASE_URL"].rsplit("/", 1)[1]
-            _admin(POSTGRES_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(env["DATABASE_URL"].rsplit("/", 1)[1])
 
 
 def verify(root: Path, env: dict[str, str], *extra: str) -> tuple[int, dict]:
-    result_path = root / "result.json"
     duration = () if "--duration" in extra else ("--duration", VERIFY_SECONDS)
-    done = drill(root, env, "verify", "fp-drift", *duration, "--json", str(result_path), *extra)
-    assert done.returncode in (0, 1), done.stderr + done.stdout
-    result = json.loads(result_path.read_text())
-    assert "drill verify fp-drift" in done.stdout
-    return done.returncode, result
-
-
-def checks(result: dict) -> dict[str, bool]:
-    return {check["figure"]: check["passed"] for check in result["checks"]}
+    return run_verify(root, env, "fp-drift", *duration, *extra)
 
 
 def test_shipped_code_with_triggers_fails(lab) -> None:  # type: ignore[no-untyped-def]
@@ -100,8 +60,8 @@ def test_shipped_code_with_triggers_fails(lab) -> None:  # type: ignore[no-untyp
     assert result["figures"]["ledger.payments"] >= 1000
     assert result["figures"]["ledger.balance_drift"] > 0
     assert result["figures"]["ledger.duplicate_postings"] > 0
-    assert not checks(result)["ledger.balance_drift"]
-    assert not checks(result)["ledger.duplicate_postings"]
+    assert not check_results(result)["ledger.balance_drift"]
+    assert not check_results(result)["ledger.duplicate_postings"]
     flags = json.loads((root / ".drill" / "flags.json").read_text())["flags"]
     assert flags["ledger.fx_conversion"]["defaultVariant"] == "off", "verify restores the flags"
 

@@ -123,6 +123,8 @@ def test_corrupt_state_keeps_last_good_flags(
         assert len(unreadable) == 1
         reset_flags(tmp_path, CATALOG)
         wait_for(lambda: not flags.enabled("ledger.fx_conversion"))
+    # The provider serves the new flags before its READY event reaches the handler thread.
+    wait_for(lambda: REGISTRY.get_sample_value("drill_flag_state_ok", {"service": "test"}) == 1)
     assert REGISTRY.get_sample_value("drill_flag_state_ok", {"service": "test"}) == 1
 
 

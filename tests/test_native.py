@@ -18,6 +18,13 @@ from drill import native
 from drill.native import LabConfig, LabError, ServiceSpec, free_port_offset, port_free
 
 ROOT = Path(__file__).resolve().parents[1]
+# These tests manage one service; the lab's other services behave the same way.
+LEDGER = ["ledger"]
+
+
+def ledger_status(config: LabConfig) -> native.ServiceStatus:
+    [row] = [row for row in native.status(config) if row.name == "ledger"]
+    return row
 
 
 def _pid_alive(pid: int) -> bool:
@@ -34,6 +41,8 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabConfi
     # The developer's shell must not leak Postgres, Redis or an exporter into the children.
     for key in ("DATABASE_URL", "REDIS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(key, raising=False)
+    # The process manager treats every service alike; the ledger alone keeps these tests fast.
+    monkeypatch.setattr(native, "SERVICES", {"ledger": native.SERVICES["ledger"]})
     cfg = LabConfig(root=ROOT, state_dir=tmp_path / "state", port_offset=free_port_offset())
     try:
         yield cfg
@@ -43,7 +52,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabConfi
 
 def test_up_starts_ledger_and_readyz_answers(config: LabConfig) -> None:
     """up starts ledger, records it, writes lab.json and flags.json, and /readyz answers 200."""
-    [row] = native.up(config)
+    [row] = native.up(config, only=LEDGER)
     assert (row.name, row.running, row.ready, row.detail) == ("ledger", True, True, "started")
     port = 8001 + config.port_offset
     assert row.url == f"http://127.0.0.1:{port}"
@@ -65,8 +74,8 @@ def test_up_starts_ledger_and_readyz_answers(config: LabConfig) -> None:
 
 def test_up_twice_is_a_noop(config: LabConfig) -> None:
     """A second up leaves the running service alone."""
-    [first] = native.up(config)
-    [second] = native.up(config)
+    [first] = native.up(config, only=LEDGER)
+    [second] = native.up(config, only=LEDGER)
     assert second.pid == first.pid
     assert second.detail == "already running"
     assert _pid_alive(first.pid or 0)
@@ -74,10 +83,10 @@ def test_up_twice_is_a_noop(config: LabConfig) -> None:
 
 def test_status_reports_ready(config: LabConfig) -> None:
     """status says not running before up, and running and ready with the pid after."""
-    [before] = native.status(config)
+    before = ledger_status(config)
     assert (before.running, before.ready, before.pid) == (False, False, None)
-    [started] = native.up(config)
-    [after] = native.status(config)
+    [started] = native.up(config, only=LEDGER)
+    after = ledger_status(config)
     assert (after.name, after.running, after.ready) == ("ledger", True, True)
     assert after.pid == started.pid
     assert after.url == started.url
@@ -85,7 +94,7 @@ def test_status_reports_ready(config: LabConfig) -> None:
 
 def test_down_stops_it(config: LabConfig) -> None:
     """down stops the process, frees the port and removes the run file and lab.json."""
-    [row] = native.up(config)
+    [row] = native.up(config, only=LEDGER)
     assert native.down(config) == ["ledger"]
     assert row.pid is not None and not _pid_alive(row.pid)
     assert port_free(8001 + config.port_offset)
@@ -98,7 +107,7 @@ def test_down_stops_it(config: LabConfig) -> None:
 
 def test_restart_gives_new_pid(config: LabConfig) -> None:
     """restart replaces the process with a new, ready one."""
-    [before] = native.up(config)
+    [before] = native.up(config, only=LEDGER)
     [after] = native.restart(config, ["ledger"])
     assert after.ready and after.pid != before.pid
     assert before.pid is not None and not _pid_alive(before.pid)
@@ -143,7 +152,7 @@ def test_down_with_stale_run_file_is_clean(config: LabConfig) -> None:
     dead.wait()
     run_dir = write_run_file(config, dead.pid).parent
     (config.state_dir / "lab.json").write_text('{"services": {"ledger": "http://127.0.0.1:1"}}')
-    [row] = native.status(config)
+    row = ledger_status(config)
     assert not row.running and "stale run file" in row.detail
     assert native.down(config) == []
     assert not (run_dir / "ledger.json").exists()
@@ -171,7 +180,7 @@ def test_up_refuses_a_port_taken_by_someone_else(config: LabConfig) -> None:
         holder.bind(("127.0.0.1", 8001 + config.port_offset))
         holder.listen()
         with pytest.raises(LabError, match="DRILL_PORT_OFFSET"):
-            native.up(config)
+            native.up(config, only=LEDGER)
     assert not (config.state_dir / "run" / "ledger.json").exists()
 
 
@@ -203,7 +212,7 @@ def test_app_dir_makes_the_root_tree_win(tmp_path: Path, config: LabConfig) -> N
     """The services package under config.root is the one served, not the installed one."""
     root = _tree_with_ledger(tmp_path / "copy", 'return {"tree": "copy"}')
     copy = LabConfig(root=root, state_dir=config.state_dir, port_offset=config.port_offset)
-    [row] = native.up(copy)
+    [row] = native.up(copy, only=LEDGER)
     assert httpx.get(f"{row.url}/readyz", timeout=2).json() == {"tree": "copy"}
 
 
@@ -219,7 +228,7 @@ def test_never_ready_times_out_and_stops_what_it_started(tmp_path: Path, config:
     )
     stuck = LabConfig(root=root, state_dir=config.state_dir, port_offset=config.port_offset)
     with pytest.raises(LabError, match=r"ledger did not answer .*/readyz with 200 within 1\.5 s"):
-        native.up(stuck, ready_timeout=1.5)
+        native.up(stuck, only=LEDGER, ready_timeout=1.5)
     assert not (config.state_dir / "run" / "ledger.json").exists()
     assert port_free(8001 + config.port_offset)
 
@@ -230,6 +239,18 @@ def test_unknown_service_is_a_lab_error(config: LabConfig) -> None:
         native.up(config, only=["nope"])
     with pytest.raises(LabError, match="unknown service 'nope'"):
         native.restart(config, ["nope"])
+
+
+def test_chain_group_names_its_three_services() -> None:
+    """`chain` on the command line stands for chain-a, chain-b and chain-c, in that order."""
+    assert native._select(["chain"]) == ["chain-a", "chain-b", "chain-c"]
+    assert native._select(["chain-b", "chain"]) == ["chain-b", "chain-a", "chain-c"]
+    spec = native.SERVICES["chain-c"]
+    assert (spec.port, spec.env, spec.peers) == (
+        8013,
+        {"CHAIN_ROLE": "c"},
+        {"CHAIN_ORDERS_URL": "chain-a"},
+    )
 
 
 def test_endpoints_default_lab_file_and_env_override(

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import MetaData
 from sqlalchemy.orm import sessionmaker
 
 from faults import Flags
-from services.kit import db, metrics, telemetry
+from services.kit import db, metrics, telemetry, work
 from services.kit.errors import install_error_handlers
 from services.kit.limits import BodyLimitMiddleware
 from services.kit.logs import configure_logging
@@ -21,25 +24,37 @@ from services.kit.settings import ServiceSettings
 
 log = logging.getLogger("service")
 
-Hook = Callable[[FastAPI], None]
+# Sync or async: an async client (httpx, redis.asyncio) can only be closed by awaiting it.
+Hook = Callable[[FastAPI], None | Awaitable[None]]
+
+
+async def _run_hook(hook: Hook, app: FastAPI) -> None:
+    result = hook(app)
+    if inspect.isawaitable(result):
+        await result
+
 
 health = APIRouter()
 
 
+# Both probes are async: they must answer from the event loop even when every worker thread
+# of a service is busy, or the lab could not tell "stuck" from "dead".
 @health.get("/healthz", include_in_schema=False)
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """Alive: the process serves HTTP."""
     return {"status": "ok"}
 
 
 @health.get("/readyz", include_in_schema=False)
-def readyz(request: Request, response: Response) -> dict[str, str]:
+async def readyz(request: Request, response: Response) -> dict[str, str]:
     """Ready: the database answers."""
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
         return {"status": "ok"}
     try:
-        db.check_database(engine)
+        # Own threads, not the shared pool: a saturated pool must not hide a healthy database.
+        limiter = request.app.state.probe_threads
+        await anyio.to_thread.run_sync(db.check_database, engine, limiter=limiter)
     except Exception as exc:  # readiness reports the failure instead of raising it
         response.status_code = 503
         return {"status": "unavailable", "detail": f"database: {type(exc).__name__}"}
@@ -71,16 +86,18 @@ def create_service_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.flags.start()
+        app.state.probe_threads = anyio.CapacityLimiter(2)
         if metadata is not None:
             db.ensure_schema(app.state.engine, metadata, settings.service_name)
         for hook in on_startup:
-            hook(app)
+            await _run_hook(hook, app)
         log.info("%s ready", settings.service_name)
         try:
-            yield
+            async with work.loop_lag_monitor(settings.service_name):
+                yield
         finally:
             for hook in on_shutdown:
-                hook(app)
+                await _run_hook(hook, app)
             app.state.flags.close()
             if metadata is not None:
                 app.state.engine.dispose()
@@ -94,6 +111,7 @@ def create_service_app(
     engine = None
     if metadata is not None:
         engine = db.create_db_engine(settings)
+        work.count_queries(engine)
         app.state.engine = engine
         app.state.sessions = sessionmaker(engine, expire_on_commit=False)
 
@@ -106,5 +124,7 @@ def create_service_app(
         app.include_router(router)
 
     provider = tracer_provider or telemetry.create_tracer_provider(settings)
+    # Services build their outgoing clients (services.kit.http) on this provider.
+    app.state.tracer_provider = provider
     telemetry.instrument(app, provider, engine)
     return app

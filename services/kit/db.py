@@ -58,6 +58,10 @@ def schema_fingerprint(engine: Engine, metadata: MetaData) -> str:
     return hashlib.sha256(ddl.encode()).hexdigest()[:16]
 
 
+# "drill" in ASCII: the advisory lock that serialises schema changes across services.
+_SCHEMA_LOCK = 0x6472696C6C
+
+
 def ensure_schema(engine: Engine, metadata: MetaData, service: str) -> None:
     """Create the service's tables; recreate them when the models changed (lab data is disposable).
 
@@ -72,6 +76,10 @@ def ensure_schema(engine: Engine, metadata: MetaData, service: str) -> None:
     )
     fingerprint = schema_fingerprint(engine, metadata)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Services sharing one database start together; concurrent CREATE TABLE IF NOT
+            # EXISTS of lab_schema collide in the catalog. One at a time, until commit.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         registry.create_all(conn)
         stored = conn.execute(
             text("SELECT fingerprint FROM lab_schema WHERE service = :s"), {"s": service}
@@ -119,6 +127,16 @@ def add_commit_latency(
             delay = delay_ms()
             if delay > 0:
                 time.sleep(delay / 1000)
+
+
+def add_query_latency(engine: Engine, delay_ms: Callable[[], int]) -> None:
+    """Before each statement, wait `delay_ms()`: a database one network hop further away."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _round_trip(*_args: Any) -> None:
+        delay = delay_ms()
+        if delay > 0:
+            time.sleep(delay / 1000)
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -12,6 +12,7 @@ from prometheus_client import exposition as text_exposition
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.kit import work
 from services.kit.logs import current_service
 
 log = logging.getLogger("http")
@@ -40,7 +41,10 @@ UNMEASURED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 class REDMiddleware:
-    """Counts, times and logs each request by route template; adds the trace id header."""
+    """Counts, times and logs each request by route template; adds the trace id header.
+
+    It also tallies the request's database statements and outgoing calls (services.kit.work).
+    """
 
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
@@ -68,32 +72,35 @@ class REDMiddleware:
 
         in_flight = SERVER_IN_FLIGHT.labels(self.service)
         in_flight.inc()
-        try:
-            await self.app(scope, receive, send_with_trace_id)
-        finally:
-            in_flight.dec()
-            elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
-            labels = (self.service, route, scope["method"], str(status))
-            SERVER_REQUESTS.labels(*labels).inc()
-            SERVER_DURATION.labels(*labels).observe(
-                elapsed, exemplar={"trace_id": trace_id} if trace_id else None
-            )
-            log.info(
-                "%s %s %s",
-                scope["method"],
-                route,
-                status,
-                extra={"duration_ms": round(elapsed * 1000, 2), "status": status},
-            )
-            current_service.reset(token)
+        with work.request_tally() as request_work:
+            try:
+                await self.app(scope, receive, send_with_trace_id)
+            finally:
+                in_flight.dec()
+                elapsed = time.perf_counter() - started
+                route = getattr(scope.get("route"), "path", None) or "<unmatched>"
+                work.observe_request(self.service, route, request_work)
+                labels = (self.service, route, scope["method"], str(status))
+                SERVER_REQUESTS.labels(*labels).inc()
+                SERVER_DURATION.labels(*labels).observe(
+                    elapsed, exemplar={"trace_id": trace_id} if trace_id else None
+                )
+                log.info(
+                    "%s %s %s",
+                    scope["method"],
+                    route,
+                    status,
+                    extra={"duration_ms": round(elapsed * 1000, 2), "status": status},
+                )
+                current_service.reset(token)
 
 
 router = APIRouter()
 
 
+# async, like the probes: a scrape must answer while every worker thread of the service is busy.
 @router.get("/metrics", include_in_schema=False)
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus text, or OpenMetrics (with exemplars) when the scraper asks for it."""
     if "application/openmetrics-text" in request.headers.get("accept", ""):
         body = openmetrics_exposition.generate_latest(REGISTRY)  # type: ignore[no-untyped-call]

@@ -1,0 +1,80 @@
+"""Native labs for the drill tests: a copied tree, its own ports and database, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from drill.native import free_port_offset
+from tests.conftest import POSTGRES_ADMIN_URL
+
+DRILL = [sys.executable, "-m", "drill.cli"]
+
+
+def run_drill(
+    root: Path, env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """The `drill` CLI as a subprocess, on the lab tree at root."""
+    return subprocess.run(
+        [*DRILL, *args, "--root", str(root)],
+        env=env, cwd=root, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def lab_env(
+    root: Path, *, database_url: str | None = None, redis_url: str | None = None
+) -> dict[str, str]:
+    """The environment of a lab under root: its state dir, free ports, no stray endpoints."""
+    env = {
+        **os.environ,
+        "DRILL_STATE_DIR": str(root / ".drill"),
+        "DRILL_PORT_OFFSET": str(free_port_offset()),
+    }
+    for key, value in (
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
+        ("DATABASE_URL", database_url),
+        ("REDIS_URL", redis_url),
+    ):
+        if value:
+            env[key] = value
+        else:
+            env.pop(key, None)
+    return env
+
+
+def _admin(*statements: str) -> None:
+    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+    engine.dispose()
+
+
+def fresh_database(name: str) -> str:
+    """An empty Postgres database called name (dropped first if left over); its URL."""
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(name: str) -> None:
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def verify(root: Path, env: dict[str, str], scenario: str, *args: str) -> tuple[int, Any]:
+    """`drill verify scenario`: its exit code (0 or 1, never 2) and its result JSON."""
+    result_path = root / "result.json"
+    done = run_drill(root, env, "verify", scenario, "--json", str(result_path), *args)
+    assert done.returncode in (0, 1), done.stderr + done.stdout
+    assert f"drill verify {scenario}" in done.stdout
+    return done.returncode, json.loads(result_path.read_text())
+
+
+def check_results(result: Any) -> dict[str, bool]:
+    """Whether each SLA check of a verify result passed, by figure."""
+    return {check["figure"]: check["passed"] for check in result["checks"]}
