@@ -1,0 +1,91 @@
+"""Timeline readers for the feed: most follow a few accounts; a flag brings in heavy followers.
+
+Readers come from the lab's own users (GET /users), so a reseed changes who reads. Typical
+readers follow at most 20 accounts. With `feed.heavy_users` on, a quarter of the reads come
+from users who follow 100 accounts or more.
+The Locust process reads that flag through the same `faults` client the services use.
+
+Run alone for debugging: `python loadtests/feed.py` reads a few timelines from FEED_URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import urllib.request
+from pathlib import Path
+
+import recorder  # noqa: F401  (records every request's raw sample for drill verify)
+from locust import FastHttpUser, between, task
+
+from faults import Flags
+
+# Staging's test accounts follow 20 accounts at most; the launch brought in the rest.
+TYPICAL_MAX_FOLLOWING = 20
+HEAVY_FOLLOWING = 100
+HEAVY_SHARE = 0.25
+
+_flags = Flags(
+    Path(os.environ.get("DRILL_STATE_DIR", ".drill")) / "flags.json", service="feed-load"
+)
+_readers: dict[str, list[int]] = {}
+_lock = threading.Lock()
+
+
+def _load_readers(host: str) -> None:
+    """Fetch the user directory once per process, outside Locust's stats."""
+    with _lock:
+        if _readers:
+            return
+        typical, heavy, after = [], [], 0
+        while after is not None:
+            url = f"{host}/users?limit=5000&after={after}"
+            with urllib.request.urlopen(url, timeout=60) as response:
+                page = json.load(response)
+            for user in page["data"]:
+                if user["following"] >= HEAVY_FOLLOWING:
+                    heavy.append(user["id"])
+                elif user["following"] <= TYPICAL_MAX_FOLLOWING:
+                    typical.append(user["id"])
+            after = page["next_after"]
+        if not typical or not heavy:
+            raise RuntimeError(f"{host}/users has no typical or no heavy readers; reseed the feed")
+        _readers.update(typical=typical, heavy=heavy)
+        _flags.start()
+
+
+class TimelineReader(FastHttpUser):
+    """Opens the app, reads the first page of the timeline, scrolls, comes back a while later."""
+
+    # A reader glances at a page for a few seconds: about 11 timeline reads a second at 50 users.
+    wait_time = between(3, 6)
+
+    def on_start(self) -> None:
+        _load_readers(self.host or "")
+        self.rng = random.Random()
+        # Readers open the app at their own moment, not all in the millisecond they spawn.
+        self.wait()
+
+    @task
+    def read_timeline(self) -> None:
+        heavy = _flags.enabled("feed.heavy_users") and self.rng.random() < HEAVY_SHARE
+        user_id = self.rng.choice(_readers["heavy" if heavy else "typical"])
+        with self.rest("GET", f"/feed/{user_id}", name="/feed/{user_id}") as response:
+            if response.js is None:
+                return  # rest() has already marked the failure
+            assert response.js["user_id"] == user_id, "timeline of another user,"
+            posts = response.js["posts"]
+            assert len(posts) <= 10, f"{len(posts)} posts on a 10-post page,"
+            for post in posts:
+                assert post["author"]["id"] == post["author_id"], "post with a foreign author,"
+            stamps = [post["posted_at"] for post in posts]
+            assert stamps == sorted(stamps, reverse=True), "timeline not newest first,"
+
+
+if __name__ == "__main__":
+    from locust import run_single_user
+
+    TimelineReader.host = os.environ.get("FEED_URL", "http://127.0.0.1:8021")
+    run_single_user(TimelineReader)

@@ -1,0 +1,113 @@
+"""Feed routes: a user's timeline, the user directory, and reseeding the lab's data."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Path, Query, Request
+from sqlalchemy import func, select
+
+from services.feed import seed
+from services.feed.metrics import FEED_POSTS
+from services.feed.models import (
+    MAX_ID,
+    AuthorPublic,
+    FeedPublic,
+    Follow,
+    Post,
+    PostPublic,
+    SeedCreate,
+    SeedPublic,
+    User,
+    UserPublic,
+    UsersPublic,
+)
+from services.kit.db import SessionDep
+from services.kit.errors import NotFound
+from services.kit.http import ROUTE
+
+router = APIRouter(tags=["feed"])
+
+UserIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="The reader's user id")]
+
+
+@router.get("/feed/{user_id}")
+async def get_feed(
+    user_id: UserIdPath,
+    request: Request,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Posts per page")] = 10,
+) -> FeedPublic:
+    """The latest posts of the accounts the user follows, newest first, with their authors."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} does not exist")
+    profiles = request.app.state.profiles
+    followees = session.scalars(select(Follow.followee_id).where(Follow.follower_id == user_id))
+    posts: list[Post] = []
+    for followee_id in followees.all():
+        posts.extend(
+            session.scalars(
+                select(Post)
+                .where(Post.author_id == followee_id)
+                .order_by(Post.posted_at.desc())
+                .limit(limit)
+            )
+        )
+    posts.sort(key=lambda p: (p.posted_at, p.id), reverse=True)
+    page = []
+    for post in posts[:limit]:
+        author = session.scalars(select(User).where(User.id == post.author_id)).one()
+        response = profiles.get(
+            f"/profiles/{author.id}", extensions={ROUTE: "/profiles/{profile_id}"}
+        )
+        response.raise_for_status()
+        profile = response.json()
+        page.append(
+            PostPublic(
+                id=post.id,
+                author_id=author.id,
+                body=post.body,
+                posted_at=post.posted_at,
+                author=AuthorPublic(
+                    id=author.id,
+                    handle=author.handle,
+                    display_name=profile["display_name"],
+                    avatar_url=profile["avatar_url"],
+                    verified=profile["verified"],
+                ),
+            )
+        )
+    FEED_POSTS.observe(len(page))
+    return FeedPublic(user_id=user_id, posts=page)
+
+
+@router.get("/users")
+def list_users(
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0, le=MAX_ID, description="Users with id above this")] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> UsersPublic:
+    """Users with how many accounts each follows (load tests pick readers from this)."""
+    following = func.count(Follow.followee_id)
+    rows = session.execute(
+        select(User.id, User.handle, following)
+        .outerjoin(Follow, Follow.follower_id == User.id)
+        .where(User.id > after)
+        .group_by(User.id, User.handle)
+        .order_by(User.id)
+        .limit(limit + 1)
+    ).all()
+    page = rows[:limit]
+    return UsersPublic(
+        data=[UserPublic(id=uid, handle=handle, following=n) for uid, handle, n in page],
+        next_after=page[-1][0] if len(rows) > limit else None,
+    )
+
+
+@router.post("/admin/seed")
+async def reseed(body: SeedCreate, request: Request) -> SeedPublic:
+    """Replace the lab's users, follows and posts with the dataset of another seed number."""
+    engine = request.app.state.engine
+    return await anyio.to_thread.run_sync(seed.reseed, engine, body.seed, body.users)

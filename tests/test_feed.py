@@ -1,0 +1,244 @@
+"""The feed as shipped: timelines over the seeded graph, bad input, and the seed's shape."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select
+
+from services.feed.app import create_app
+from services.feed.models import Follow, Post, User
+from services.feed.seed import ANCHORS, generate
+from services.feed.settings import FeedSettings
+from services.profiles.app import create_app as create_profiles
+from services.profiles.models import profile_of
+from services.profiles.settings import ProfilesSettings
+
+ROUTE = "/feed/{user_id}"
+
+
+@pytest.fixture(scope="module")
+def profiles_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real profiles server on a free port, in a thread of this process."""
+    settings = ProfilesSettings(state_dir=tmp_path_factory.mktemp("profiles"))
+    app = create_profiles(settings, tracer_provider=TracerProvider())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline, "profiles server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def client(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, profiles_url: str
+) -> Iterator[TestClient]:
+    database_url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    settings = FeedSettings(
+        state_dir=tmp_path_factory.mktemp("feed"),
+        database_url=database_url,
+        profiles_url=profiles_url,
+    )
+    with TestClient(create_app(settings, tracer_provider=TracerProvider())) as test_client:
+        yield test_client
+
+
+def queries_per_request() -> tuple[float, float]:
+    """(count, sum) of the feed's statements-per-request histogram for the timeline route."""
+    labels = {"service": "feed", "route": ROUTE}
+    count = REGISTRY.get_sample_value("db_queries_per_request_count", labels) or 0.0
+    total = REGISTRY.get_sample_value("db_queries_per_request_sum", labels) or 0.0
+    return count, total
+
+
+def followees(client: TestClient, user_id: int) -> set[int]:
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        rows = session.scalars(select(Follow.followee_id).where(Follow.follower_id == user_id))
+        return set(rows)
+
+
+def test_the_lab_seeds_itself_on_first_start(client: TestClient) -> None:
+    """An empty database gets the default seed: the same rows generate(7, 2000) describes."""
+    data = generate(7, 2000)
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        assert session.scalar(select(func.count()).select_from(User)) == 2000
+        assert session.scalar(select(func.count()).select_from(Follow)) == len(data.follows)
+        assert session.scalar(select(func.count()).select_from(Post)) == len(data.posts)
+
+
+def test_timeline_is_newest_first_from_followees_with_profiles(client: TestClient) -> None:
+    """GET /feed/{id}: at most `limit` posts, newest first, by followees, with their profiles."""
+    reply = client.get("/feed/3")
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["user_id"] == 3
+    posts = body["posts"]
+    assert 0 < len(posts) <= 10
+    assert [p["posted_at"] for p in posts] == sorted((p["posted_at"] for p in posts), reverse=True)
+    assert {p["author_id"] for p in posts} <= followees(client, 3)
+    for post in posts:
+        profile = profile_of(post["author_id"])
+        assert post["author"]["display_name"] == profile.display_name
+        assert post["author"]["handle"] == f"user{post['author_id']}"
+    assert len(client.get("/feed/3", params={"limit": 3}).json()["posts"]) == 3
+
+
+def test_statements_per_request_grow_with_followees(client: TestClient) -> None:
+    """The metric shows it: a reader of 1,000 accounts costs ~100x the statements of one of 10."""
+    costs = {}
+    for user_id in (3, 1):
+        count, total = queries_per_request()
+        assert client.get(f"/feed/{user_id}").status_code == 200
+        after_count, after_total = queries_per_request()
+        assert after_count == count + 1
+        costs[user_id] = after_total - total
+    assert costs[3] >= 10
+    assert costs[1] >= 1000
+
+
+def test_db_latency_flag_slows_every_statement(client: TestClient) -> None:
+    """feed.db_latency_ms adds its delay to each statement a timeline sends."""
+    flags = client.app.state.flags  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    client.get("/feed/3")
+    fast = time.perf_counter() - started
+    with flags.override({"feed.db_latency_ms": 5}):
+        started = time.perf_counter()
+        assert client.get("/feed/3").status_code == 200
+        slow = time.perf_counter() - started
+    # At least 1 + 1 + 10 followees + the page's posts statements, 5 ms each.
+    assert slow - fast > 0.05
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/feed/999999", 404, "user 999999 does not exist"),
+        ("/feed/0", 422, "greater than or equal to 1"),
+        ("/feed/-5", 422, "greater than or equal to 1"),
+        ("/feed/abc", 422, "valid integer"),
+        ("/feed/1e3", 422, "valid integer"),
+        ("/feed/99999999999999999999", 422, "less than or equal to 2147483647"),
+        ("/feed/3?limit=-1", 422, "greater than or equal to 1"),
+        ("/feed/3?limit=0", 422, "greater than or equal to 1"),
+        ("/feed/3?limit=1000000", 422, "less than or equal to 100"),
+        ("/feed/3?limit=ten", 422, "valid integer"),
+        ("/users?limit=100000", 422, "less than or equal to 5000"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
+    client: TestClient, path: str, status: int, message: str
+) -> None:
+    """Unknown users are 404; malformed ids and limits are 422 naming the rule; nothing stored."""
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        users = session.scalar(select(func.count()).select_from(User))
+    reply = client.get(path)
+    assert reply.status_code == status
+    assert message in reply.text
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        assert session.scalar(select(func.count()).select_from(User)) == users
+    assert client.get("/feed/3").status_code == 200
+
+
+def test_user_directory_pages_with_followee_counts(client: TestClient) -> None:
+    """GET /users lists users by id with how many accounts each follows, page by page."""
+    first = client.get("/users", params={"limit": 3}).json()
+    assert first["data"] == [
+        {"id": 1, "handle": "user1", "following": 1000},
+        {"id": 2, "handle": "user2", "following": 100},
+        {"id": 3, "handle": "user3", "following": 10},
+    ]
+    second = client.get("/users", params={"limit": 3, "after": first["next_after"]}).json()
+    assert [u["id"] for u in second["data"]] == [4, 5, 6]
+    assert client.get("/users", params={"after": 1999}).json()["next_after"] is None
+
+
+def test_reseed_replaces_the_data_deterministically(client: TestClient) -> None:
+    """POST /admin/seed with another seed number gives that seed's rows; back to 7 restores."""
+    other = generate(8, 1500)
+    reply = client.post("/admin/seed", json={"seed": 8, "users": 1500})
+    assert reply.status_code == 200
+    assert reply.json() == {
+        "seed": 8,
+        "users": 1500,
+        "follows": len(other.follows),
+        "posts": len(other.posts),
+    }
+    assert followees(client, 4) == {
+        e["followee_id"] for e in other.follows if e["follower_id"] == 4
+    }
+    assert client.post("/admin/seed", json={"seed": 8, "users": 10}).status_code == 422
+    assert client.post("/admin/seed", json={"seed": 7, "users": 2000}).status_code == 200
+    assert len(followees(client, 1)) == 1000
+
+
+def test_seed_is_deterministic() -> None:
+    """The same seed number gives the same rows; another number gives another graph."""
+    assert generate(7, 1200) == generate(7, 1200)
+    assert generate(7, 1200).follows != generate(8, 1200).follows
+
+
+def test_seed_follow_graph_is_power_law() -> None:
+    """Most users follow a handful of accounts, a few follow 1,000+; the anchors are exact."""
+    data = generate(7, 2000)
+    following = data.following()
+    for user_id, count in ANCHORS.items():
+        assert following[user_id] == count
+    counts = sorted(following.values())
+    assert statistics.median(counts) <= 5
+    assert sum(c >= 1000 for c in counts) >= 3
+    assert 10 <= sum(c >= 100 for c in counts) <= 60
+    # The top 1% of followers hold a large share of all follow edges.
+    assert sum(counts[-20:]) > 0.3 * sum(counts)
+    edges = [(e["follower_id"], e["followee_id"]) for e in data.follows]
+    assert len(set(edges)) == len(edges)
+    assert all(a != b for a, b in edges)
+
+
+def test_a_timeline_trace_is_a_ladder_of_statements_and_calls(
+    tmp_path: Path, profiles_url: str
+) -> None:
+    """One timeline's trace holds a span per statement and a span per profile call, in order."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = FeedSettings(state_dir=tmp_path, profiles_url=profiles_url)
+    with TestClient(create_app(settings, tracer_provider=provider)) as client:
+        exporter.clear()
+        reply = client.get("/feed/3")
+    assert reply.status_code == 200
+    trace_id = reply.headers["x-trace-id"]
+    spans = [
+        s for s in exporter.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id
+    ]
+    statements = [s for s in spans if s.attributes and "db.statement" in s.attributes]
+    calls = [s for s in spans if s.kind is SpanKind.CLIENT and s.name.startswith("GET")]
+    assert len(statements) >= 12
+    assert len(calls) == len(reply.json()["posts"]) == 10
+    # One after the other: each call starts after the previous one ended.
+    calls.sort(key=lambda s: s.start_time or 0)
+    assert all(
+        (a.end_time or 0) <= (b.start_time or 0) for a, b in zip(calls, calls[1:], strict=False)
+    )
