@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 import faults
+from drill import prometheus
 
 log = logging.getLogger("drill.native")
 
@@ -50,6 +51,7 @@ class ServiceSpec:
     port: int = 8001
     env: dict[str, str] = field(default_factory=dict)
     peers: dict[str, str] = field(default_factory=dict)
+    ready_path: str = READY_PATH
 
 
 # One row per service. The chain services share one package and differ only by env.
@@ -86,6 +88,11 @@ SERVICES: dict[str, ServiceSpec] = {
 }
 # Names that stand for several services on the command line (`drill restart chain`).
 GROUPS: dict[str, tuple[str, ...]] = {"chain": ("chain-a", "chain-b", "chain-c")}
+# Not a lab service but part of the native lab whenever its binary is on PATH. Its `app` is
+# only a name: the command line comes from drill.prometheus.
+PROMETHEUS = ServiceSpec(
+    prometheus.NAME, prometheus.BINARY, prometheus.PORT, ready_path=prometheus.READY_PATH
+)
 
 
 @dataclass(frozen=True)
@@ -228,21 +235,25 @@ def restart(config: LabConfig, names: list[str], ready_timeout: float = 30) -> l
 def status(config: LabConfig) -> list[ServiceStatus]:
     """Every known service's process and readiness, read-only."""
     recorded = {path.stem: path for path in sorted(config.run_dir.glob("*.json"))}
-    names = list(SERVICES) + [name for name in recorded if name not in SERVICES]
+    names = [*SERVICES, PROMETHEUS.name]
+    names += [name for name in recorded if name not in names]
     rows: list[ServiceStatus] = []
     with _client() as client:
         for name in names:
             record = _read_record(recorded[name]) if name in recorded else None
-            spec = SERVICES.get(name)
+            spec = _spec(name)
             if record is not None and _owned(record):
-                ready, answer = _probe(client, record.url)
+                ready, answer = _probe(client, record.url + record.ready_path)
                 detail = "ready" if ready else f"running but not ready ({answer})"
                 rows.append(ServiceStatus(name, record.url, record.pid, True, ready, detail))
                 continue
             url = config.url(spec) if spec is not None else record.url if record else ""
-            ready, _ = _probe(client, url) if url else (False, "")
+            ready_path = spec.ready_path if spec is not None else READY_PATH
+            ready, _ = _probe(client, url + ready_path) if url else (False, "")
+            if spec is PROMETHEUS and record is None and not ready:
+                continue  # not part of this lab: no prometheus binary, or started with --only
             if ready:
-                detail = f"not started by drill, but {url}{READY_PATH} answers (the compose lab?)"
+                detail = f"not started by drill, but {url}{ready_path} answers (the compose lab?)"
             elif record is not None:
                 detail = f"not running (stale run file for pid {record.pid}; drill down clears it)"
             else:
@@ -259,9 +270,10 @@ class _RunRecord:
     pid: int
     port: int
     url: str
-    app: str
+    app: str  # what in its command line marks the process as the one drill started
     root: str
     started_at: str
+    ready_path: str = READY_PATH
 
 
 @dataclass
@@ -279,16 +291,23 @@ class _Pending:
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
+def _spec(name: str) -> ServiceSpec | None:
+    return PROMETHEUS if name == PROMETHEUS.name else SERVICES.get(name)
+
+
 def _select(names: Sequence[str] | None) -> list[str]:
     if names is None:
-        return list(SERVICES)
+        # The whole lab: Prometheus too, when it is installed.
+        return [*SERVICES, PROMETHEUS.name] if prometheus.binary() else list(SERVICES)
     names = [member for name in names for member in GROUPS.get(name, (name,))]
-    unknown = [name for name in names if name not in SERVICES]
+    unknown = [name for name in names if _spec(name) is None]
     if unknown:
         raise LabError(
             f"unknown service {', '.join(map(repr, unknown))}; choose from: "
-            f"{', '.join([*SERVICES, *GROUPS])}"
+            f"{', '.join([*SERVICES, *GROUPS, PROMETHEUS.name])}"
         )
+    if PROMETHEUS.name in names and not prometheus.binary():
+        raise LabError(f"{prometheus.BINARY} is not on PATH; {prometheus.INSTALL_HINT}")
     return list(dict.fromkeys(names))
 
 
@@ -326,11 +345,12 @@ def _up(config: LabConfig, names: list[str], ready_timeout: float) -> list[Servi
     to_start: list[ServiceSpec] = []
     with _client() as client:
         for name in names:
-            spec = SERVICES[name]
+            spec = _spec(name)
+            assert spec is not None  # _select checked the names
             run_file = config.run_dir / f"{name}.json"
             record = _read_record(run_file) if run_file.exists() else None
             if record is not None and _owned(record):
-                ready, _ = _probe(client, record.url)
+                ready, _ = _probe(client, record.url + record.ready_path)
                 if ready:
                     results[name] = ServiceStatus(
                         name, record.url, record.pid, True, True, "already running"
@@ -380,16 +400,21 @@ def _up(config: LabConfig, names: list[str], ready_timeout: float) -> list[Servi
 def _spawn(config: LabConfig, spec: ServiceSpec) -> _Pending:
     port = config.port(spec)
     url = config.url(spec)
-    command = [
-        sys.executable, "-m", "uvicorn", spec.app, "--factory",
-        "--host", HOST, "--port", str(port),
-        # The tree under root must win over an installed `services` (tests patch a copy).
-        "--app-dir", str(config.root),
-        "--no-access-log", "--log-level", "warning",
-        # A deadlocked service never finishes its requests; without a bound, stopping it
-        # waits out STOP_TIMEOUT_S and ends in SIGKILL.
-        "--timeout-graceful-shutdown", "3",
-    ]  # fmt: skip
+    if spec is PROMETHEUS:
+        command, env = _prometheus_command(config), dict(os.environ)
+        marker = str(_prometheus_config_file(config))
+    else:
+        command = [
+            sys.executable, "-m", "uvicorn", spec.app, "--factory",
+            "--host", HOST, "--port", str(port),
+            # The tree under root must win over an installed `services` (tests patch a copy).
+            "--app-dir", str(config.root),
+            "--no-access-log", "--log-level", "warning",
+            # A deadlocked service never finishes its requests; without a bound, stopping it
+            # waits out STOP_TIMEOUT_S and ends in SIGKILL.
+            "--timeout-graceful-shutdown", "3",
+        ]  # fmt: skip
+        marker, env = spec.app, _child_env(config, spec)
     config.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.log_dir / f"{spec.name}.log"
     log_offset = _size(log_path)
@@ -398,7 +423,7 @@ def _spawn(config: LabConfig, spec: ServiceSpec) -> _Pending:
             process = subprocess.Popen(
                 command,
                 cwd=config.root,
-                env=_child_env(config, spec),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -407,20 +432,42 @@ def _spawn(config: LabConfig, spec: ServiceSpec) -> _Pending:
                 start_new_session=True,
             )
     except OSError as exc:
-        raise LabError(f"{spec.name}: could not start {sys.executable}: {exc}") from None
+        raise LabError(f"{spec.name}: could not start {command[0]}: {exc}") from None
     _CHILDREN[process.pid] = process
     record = _RunRecord(
         name=spec.name,
         pid=process.pid,
         port=port,
         url=url,
-        app=spec.app,
+        app=marker,
         root=str(config.root),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        ready_path=spec.ready_path,
     )
     payload = {k: v for k, v in asdict(record).items() if k != "name"}
     _write_json(config.run_dir / f"{spec.name}.json", payload)
     return _Pending(record, process, log_path, log_offset)
+
+
+def _prometheus_config_file(config: LabConfig) -> Path:
+    return config.state_dir / "prometheus" / "prometheus.yml"
+
+
+def _prometheus_command(config: LabConfig) -> list[str]:
+    executable = prometheus.binary()
+    if executable is None:
+        raise LabError(f"{prometheus.BINARY} is not on PATH; {prometheus.INSTALL_HINT}")
+    config_file = _prometheus_config_file(config)
+    targets = {name: f"{HOST}:{config.port(spec)}" for name, spec in SERVICES.items()}
+    listen = f"{HOST}:{config.port(PROMETHEUS)}"
+    try:
+        prometheus.write_native_config(
+            config.root / "prometheus" / "prometheus.yml", config_file, targets, listen
+        )
+    except prometheus.PrometheusConfigError as exc:
+        raise LabError(str(exc)) from None
+    data_dir = config.state_dir / "prometheus" / "data"
+    return prometheus.command(executable, config_file, data_dir, listen)
 
 
 def _child_env(config: LabConfig, spec: ServiceSpec) -> dict[str, str]:
@@ -460,12 +507,12 @@ def _await_ready(client: httpx.Client, pending: list[_Pending], timeout: float) 
                     f"{_tail_text(item.log_path, item.log_offset)}\n"
                     f"Fix the error above, then run `drill up --native` again."
                 )
-            ready, answer = _probe(client, record.url)
+            ready, answer = _probe(client, record.url + record.ready_path)
             if ready:
                 remaining.remove(item)
             elif time.monotonic() >= deadline:
                 raise LabError(
-                    f"{record.name} did not answer {record.url}{READY_PATH} with 200 within "
+                    f"{record.name} did not answer {record.url}{record.ready_path} with 200 within "
                     f"{timeout:g} s (last answer: {answer}). "
                     f"{_tail_text(item.log_path, item.log_offset)}\n"
                     f"Fix the error above (or, if the machine is just slow, allow a longer ready "
@@ -476,8 +523,9 @@ def _await_ready(client: httpx.Client, pending: list[_Pending], timeout: float) 
 
 
 def _probe(client: httpx.Client, url: str) -> tuple[bool, str]:
+    """Whether url (a readiness endpoint) answers 200, and what it answered."""
     try:
-        response = client.get(url + READY_PATH)
+        response = client.get(url)
     except httpx.HTTPError as exc:
         return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return response.status_code == 200, f"HTTP {response.status_code}"
@@ -571,10 +619,10 @@ def _owned(record: _RunRecord) -> bool:
     # is still ours rather than uvicorn's.
     if record.pid in _CHILDREN:
         return True
-    # The pid may have been reused since the run file was written: only a uvicorn serving the
-    # recorded app is ours to signal.
+    # The pid may have been reused since the run file was written: only a process whose
+    # command line names the recorded app (or, for Prometheus, its config file) is ours.
     command = _cmdline(record.pid)
-    return command is not None and "uvicorn" in command and record.app in command
+    return command is not None and record.app in command
 
 
 def _cmdline(pid: int) -> str | None:
@@ -609,7 +657,7 @@ def port_free(port: int) -> bool:
 
 def free_port_offset() -> int:
     """A DRILL_PORT_OFFSET that puts every service on a port free right now (tests, benchmarks)."""
-    ports = [spec.port for spec in SERVICES.values()]
+    ports = [spec.port for spec in (*SERVICES.values(), PROMETHEUS)]
     low, high = min(ports), max(ports)
     for _ in range(100):
         with socket.socket() as sock:
@@ -646,6 +694,7 @@ def _read_record(path: Path) -> _RunRecord | None:
             app=str(data["app"]),
             root=str(data["root"]),
             started_at=str(data["started_at"]),
+            ready_path=str(data.get("ready_path", READY_PATH)),
         )
     except (KeyError, TypeError, ValueError):
         return None
