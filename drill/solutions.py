@@ -7,7 +7,16 @@ import subprocess
 from pathlib import Path
 
 # What a participant's checkout holds that the lab runs from.
-LAB_TREE = ("drill", "faults", "services", "loadtests", "solutions", "scenarios.yaml")
+LAB_TREE = (
+    "drill",
+    "faults",
+    "services",
+    "loadtests",
+    "solutions",
+    "prometheus",
+    "grafana",
+    "scenarios.yaml",
+)
 
 
 class SolutionError(Exception):

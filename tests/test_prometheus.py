@@ -1,0 +1,151 @@
+"""Prometheus: the config and rules pass promtool, every alert has a unit test, and the native
+lab runs the same config against its own ports."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from drill import prometheus
+from drill.native import SERVICES
+from drill.solutions import copy_lab
+from tests.conftest import REPO_ROOT, need_server
+from tests.labs import lab_env, run_drill
+
+CONFIG = REPO_ROOT / "prometheus" / "prometheus.yml"
+RULES = sorted((REPO_ROOT / "prometheus" / "rules").glob("*.yml"))
+RULE_TESTS = sorted((REPO_ROOT / "prometheus" / "tests").glob("*.yml"))
+INSTALL = "apt-get install prometheus (Debian's package ships prometheus and promtool)"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which("promtool") is None:
+        need_server("promtool", INSTALL)
+    return subprocess.run(
+        ["promtool", *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
+
+
+def test_compose_config_and_rules_pass_promtool() -> None:
+    checked = promtool("check", "config", str(CONFIG))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    rules = promtool("check", "rules", *map(str, RULES))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_every_alert_fires_in_its_promtool_unit_test() -> None:
+    tested = promtool("test", "rules", *map(str, RULE_TESTS))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    alerts = {
+        rule["alert"]
+        for path in RULES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    # An alert counts as tested when some test expects it to fire (non-empty exp_alerts).
+    fired = {
+        case["alertname"]
+        for path in RULE_TESTS
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    assert alerts, "no alert rules found"
+    assert alerts <= fired, f"alerts without a firing unit test: {sorted(alerts - fired)}"
+
+
+def test_a_broken_rule_test_fails_promtool(tmp_path: Path) -> None:
+    """The unit tests can fail: the same input with the wrong expectation is caught."""
+    source = REPO_ROOT / "prometheus" / "tests" / "chain_test.yml"
+    broken = yaml.safe_load(source.read_text())
+    broken["rule_files"] = [str(REPO_ROOT / "prometheus" / "rules" / "chain.yml")]
+    for test in broken["tests"]:
+        for case in test.get("alert_rule_test", []):
+            case["exp_alerts"] = [] if case["exp_alerts"] else [{"exp_labels": {}}]
+    path = tmp_path / "broken_test.yml"
+    path.write_text(yaml.safe_dump(broken))
+    assert promtool("test", "rules", str(path)).returncode != 0
+
+
+def test_native_config_keeps_jobs_and_rules_and_points_at_native_ports(tmp_path: Path) -> None:
+    targets = {name: f"127.0.0.1:{spec.port + 300}" for name, spec in SERVICES.items()}
+    destination = tmp_path / "prometheus.yml"
+    prometheus.write_native_config(CONFIG, destination, targets, "127.0.0.1:9390")
+    compose = yaml.safe_load(CONFIG.read_text())
+    native = yaml.safe_load(destination.read_text())
+    assert [job["job_name"] for job in native["scrape_configs"]] == [
+        job["job_name"] for job in compose["scrape_configs"]
+    ]
+    scraped = {
+        job["job_name"]: job["static_configs"][0]["targets"] for job in native["scrape_configs"]
+    }
+    assert scraped == {
+        **{name: [t] for name, t in targets.items()},
+        "prometheus": ["127.0.0.1:9390"],
+    }
+    assert native["global"] == compose["global"]
+    assert sorted(
+        Path(p).name
+        for pattern in native["rule_files"]
+        for p in Path(pattern).parent.glob(Path(pattern).name)
+    ) == sorted(p.name for p in RULES)
+    checked = promtool("check", "config", str(destination))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_native_config_names_an_unknown_job(tmp_path: Path) -> None:
+    source = tmp_path / "prometheus.yml"
+    document = yaml.safe_load(CONFIG.read_text())
+    document["scrape_configs"].append(
+        {"job_name": "billing", "static_configs": [{"targets": ["billing:9"]}]}
+    )
+    source.write_text(yaml.safe_dump(document))
+    with pytest.raises(
+        prometheus.PrometheusConfigError, match=r"scrape_configs\[\d+\] job_name 'billing'"
+    ):
+        targets = {name: f"127.0.0.1:{spec.port}" for name, spec in SERVICES.items()}
+        prometheus.native_config(source, targets, "127.0.0.1:9090")
+
+
+@pytest.mark.lab
+def test_native_lab_runs_prometheus_on_the_lab_ports(tmp_path: Path) -> None:
+    """`drill up --native` starts Prometheus with the rules; it scrapes; `drill down` stops it."""
+    if prometheus.binary() is None:
+        need_server("prometheus", INSTALL)
+    root = copy_lab(REPO_ROOT, tmp_path / "tree")
+    env = lab_env(root)
+    offset = int(env["DRILL_PORT_OFFSET"])
+    url = f"http://127.0.0.1:{prometheus.PORT + offset}"
+    try:
+        up = run_drill(root, env, "up", "--native", "--only", "ledger", "--only", "prometheus")
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert "prometheus" in up.stdout
+        with httpx.Client(base_url=url, timeout=5, trust_env=False) as client:
+            groups = client.get("/api/v1/rules").json()["data"]["groups"]
+            assert {g["name"] for g in groups} >= {"red", "ledger", "chain", "feed"}
+            deadline = time.monotonic() + 20
+            health: dict[str, str] = {}
+            while time.monotonic() < deadline:
+                active = client.get("/api/v1/targets").json()["data"]["activeTargets"]
+                health = {t["labels"]["job"]: t["health"] for t in active}
+                if health.get("ledger") == "up":
+                    break
+                time.sleep(0.5)
+            assert health.get("ledger") == "up", health
+            assert set(health) == {*SERVICES, "prometheus"}
+            ledger_port = SERVICES["ledger"].port + offset
+            series = client.get("/api/v1/series", params={"match[]": 'up{job="ledger"}'}).json()
+            assert series["data"][0]["instance"] == f"127.0.0.1:{ledger_port}"
+    finally:
+        down = run_drill(root, env, "down")
+    assert down.returncode == 0, down.stderr
+    assert "prometheus" in down.stdout
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url + "/-/ready", timeout=2, trust_env=False)
