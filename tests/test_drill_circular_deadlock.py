@@ -14,12 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from drill.solutions import copy_lab
 from drill.verify import read_samples
 from tests.conftest import REPO_ROOT
 from tests.labs import check_results, lab_env, run_drill
 from tests.labs import verify as run_verify
+from tests.otlp import ExportedSpan, otlp_receiver
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -33,9 +35,14 @@ def lab(tmp_path: Path) -> Iterator[object]:
     """Start the chain services from a tree (patched or not) on free ports; stop them after."""
     started: list[tuple[Path, dict[str, str]]] = []
 
-    def start(patch: str | None = None) -> tuple[Path, dict[str, str]]:
+    def start(
+        patch: str | None = None, otlp_endpoint: str | None = None
+    ) -> tuple[Path, dict[str, str]]:
         root = copy_lab(REPO_ROOT, tmp_path / f"tree-{len(started)}", solution=patch)
         env = lab_env(root)
+        if otlp_endpoint:
+            # Export promptly: the test waits for the spans, not for the default 5 s batch.
+            env.update(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_BSP_SCHEDULE_DELAY="200")
         started.append((root, env))
         up = run_drill(root, env, "up", "--native", "--only", "chain")
         assert up.returncode == 0, up.stderr + up.stdout
@@ -143,24 +150,31 @@ def test_drill_down_and_up_recover_a_stuck_chain(lab) -> None:  # type: ignore[n
     assert order_within(env, 5), "the chain serves again after drill down / drill up"
 
 
-def test_one_order_trace_id_is_in_all_three_service_logs(lab) -> None:  # type: ignore[no-untyped-def]
-    """With the callback on, one order's x-trace-id is in all three services' log files."""
-    root, env = lab()
-    assert run_drill(root, env, "flags", "set", "chain.fraud_callback", "on").returncode == 0
-    time.sleep(1)
-    response = httpx.post(url(env) + "/orders", json=ORDER, timeout=5, trust_env=False)
-    assert response.status_code == 201
-    trace_id = response.headers["x-trace-id"]
-    logs = root / ".drill" / "logs"
-    found: dict[str, list[dict]] = {}
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(found) < 3:
-        for name in ("chain-a", "chain-b", "chain-c"):
-            lines = (logs / f"{name}.log").read_text().splitlines()
-            entries = [json.loads(line) for line in lines if trace_id in line]
-            if entries:
-                found[name] = entries
-        time.sleep(0.1)
+def test_one_order_trace_id_is_in_all_three_logs_and_the_exported_spans(lab) -> None:  # type: ignore[no-untyped-def]
+    """With the callback on, one order's x-trace-id is in all three services' log files, and
+    the spans they export over OTLP hold the A→B→C→A path under that trace id."""
+    with otlp_receiver() as receiver:
+        root, env = lab(otlp_endpoint=receiver.endpoint)
+        assert run_drill(root, env, "flags", "set", "chain.fraud_callback", "on").returncode == 0
+        time.sleep(1)
+        response = httpx.post(url(env) + "/orders", json=ORDER, timeout=5, trust_env=False)
+        assert response.status_code == 201
+        trace_id = response.headers["x-trace-id"]
+        logs = root / ".drill" / "logs"
+        found: dict[str, list[dict]] = {}
+        servers: dict[str, list[ExportedSpan]] = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (len(found) < 3 or len(servers) < 3):
+            for name in ("chain-a", "chain-b", "chain-c"):
+                lines = (logs / f"{name}.log").read_text().splitlines()
+                entries = [json.loads(line) for line in lines if trace_id in line]
+                if entries:
+                    found[name] = entries
+            servers = {}
+            for span in receiver.spans(trace_id):
+                if span.kind == Span.SpanKind.SPAN_KIND_SERVER:
+                    servers.setdefault(span.service, []).append(span)
+            time.sleep(0.2)
     assert sorted(found) == ["chain-a", "chain-b", "chain-c"]
     assert all(
         e["trace_id"] == trace_id and e["service"] == n for n, es in found.items() for e in es
@@ -168,3 +182,23 @@ def test_one_order_trace_id_is_in_all_three_service_logs(lab) -> None:  # type: 
     # chain-a logs twice under this trace: the order and the customer check C asked for.
     routes = {e["msg"] for e in found["chain-a"]}
     assert {"POST /orders 201", "GET /customers/{customer_id}/check 200"} <= routes
+    # The exported spans: A's order → B's quote → C's reservation → A's customer check, each
+    # server span a descendant of the one before it.
+    assert sorted(servers) == ["chain-a", "chain-b", "chain-c"], servers
+    spans = {span.span_id: span for span in receiver.spans(trace_id)}
+
+    def ancestors(span: ExportedSpan) -> list[str]:
+        chain = []
+        while span.parent_span_id in spans:
+            span = spans[span.parent_span_id]
+            chain.append(span.span_id)
+        return chain
+
+    order = next(s for s in servers["chain-a"] if "/orders" in s.name)
+    quote = servers["chain-b"][0]
+    reservation = servers["chain-c"][0]
+    check = next(s for s in servers["chain-a"] if "/check" in s.name)
+    assert order.parent_span_id == "", "the order is the root of its trace"
+    assert order.span_id in ancestors(quote)
+    assert quote.span_id in ancestors(reservation)
+    assert reservation.span_id in ancestors(check)
