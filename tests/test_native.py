@@ -121,7 +121,7 @@ def test_service_that_cannot_start_raises_with_log_tail(
     bogus = ServiceSpec("ledger", "services.nope:create_app", 8001)
     monkeypatch.setattr(native, "SERVICES", {"ledger": bogus})
     with pytest.raises(LabError) as info:
-        native.up(config, ready_timeout=15)
+        native.up(config, only=LEDGER, ready_timeout=15)
     message = str(info.value)
     assert "ledger" in message
     assert 'Could not import module "services.nope"' in message
