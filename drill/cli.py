@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from drill import native, solutions
+from drill import compose, native, solutions
 from drill.scenarios import ScenarioFileError, load_program
 from drill.verify import VerifyError, VerifyResult, run_verify
 from faults import (
@@ -67,7 +67,10 @@ def up(
 ) -> None:
     """Start the lab."""
     if not native_lab:
-        raise _fail("this checkout has no compose lab yet; start the lab with `drill up --native`")
+        raise _fail(
+            "drill does not start the compose lab: run `docker compose up -d` (or start the "
+            "native lab with `drill up --native`)"
+        )
     try:
         _print_status(native.up(_config(root), only=only))
     except native.LabError as exc:
@@ -98,12 +101,31 @@ def restart(
     services: Annotated[list[str] | None, typer.Argument(help="Default: every service.")] = None,
     root: RootOption = None,
 ) -> None:
-    """Restart services, e.g. after changing their code."""
+    """Restart services, e.g. after changing their code (the compose lab's containers too)."""
     config = _config(root)
     try:
-        _print_status(native.restart(config, services or list(native.SERVICES)))
-    except native.LabError as exc:
+        if compose.use_compose(config):
+            _print_status(compose.restart(config, services or []))
+        else:
+            _print_status(native.restart(config, services or list(native.SERVICES)))
+    except (native.LabError, compose.ComposeError) as exc:
         raise _fail(str(exc)) from None
+
+
+@app.command()
+def serve(
+    services: Annotated[list[str], typer.Argument(help="Services or groups, e.g. chain.")],
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on; 0.0.0.0 inside a container.")
+    ] = native.HOST,
+    root: RootOption = None,
+) -> None:
+    """Run services in the foreground (a compose container's command); exit when one exits."""
+    try:
+        code = compose.serve(_config(root), services, host=host)
+    except compose.ComposeError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
 
 
 @flags_app.command("list")
