@@ -15,10 +15,10 @@ ENV PYTHONUNBUFFERED=1 \
 
 # A venv from `python3 -m venv`: the same on the official image (whose python3 lives in
 # /usr/local) and on Debian's python3 (which refuses system-wide pip installs, PEP 668).
-# useradd is missing from a minimal debootstrap; the passwd lines are what it would write.
+# A base without useradd (a stripped image) gets the passwd lines useradd would write.
 RUN python3 -m venv /opt/drill \
  && if command -v useradd >/dev/null; then \
-        useradd --system --uid 10001 --user-group --home-dir /app --no-create-home \
+        useradd --uid 10001 --user-group --home-dir /app --no-create-home \
             --shell /usr/sbin/nologin drill; \
     else \
         echo 'drill:x:10001:10001::/app:/usr/sbin/nologin' >> /etc/passwd \

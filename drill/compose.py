@@ -37,8 +37,10 @@ COMPOSE_FILE = "compose.yaml"
 # DRILL_COMPOSE names the Compose command when the default search does not find the right one,
 # e.g. DRILL_COMPOSE="podman compose".
 COMPOSE_ENV = "DRILL_COMPOSE"
-# Stopping the three chain processes: uvicorn's graceful shutdown is bounded at 3 s.
-STOP_TIMEOUT_S = native.STOP_TIMEOUT_S
+# uvicorn's graceful shutdown is bounded at 3 s, but threads blocked on a hung peer call (the
+# chain's defect) keep the interpreter alive past it: SIGKILL at 6 s, inside Docker's 10 s
+# stop grace, so a stuck chain restarts in seconds and the runner still reports it.
+STOP_TIMEOUT_S = 6.0
 RESTART_TIMEOUT_S = 120.0
 READY_TIMEOUT_S = 60.0
 _POLL_S = 0.2
