@@ -215,7 +215,12 @@ def test_each_service_waits_for_what_it_talks_to(
         name: _hosts(service.get("environment")) for name, service in services.items()
     }
     needs["prometheus"] |= scraped
-    needs["grafana"] |= {"prometheus", "jaeger"}  # its provisioned datasources
+    datasources = [
+        yaml.safe_load(path.read_text())
+        for path in sorted((ROOT / "grafana" / "provisioning" / "datasources").glob("*.y*ml"))
+    ]
+    assert datasources, "grafana/provisioning/datasources has no datasource file"
+    needs["grafana"] |= _hosts(datasources)
     for name, service in services.items():
         depends = service.get("depends_on") or {}
         assert set(depends) == needs[name], f"{name} depends on {sorted(depends)}"
@@ -286,7 +291,7 @@ def test_locust_runs_distributed_with_the_class_picker(resolved: dict[str, Any])
         assert env[variable] == f"http://{compose.container_of(service)}:{port}"
 
 
-def test_jaeger_grafana_and_postgres_settings(resolved: dict[str, Any]) -> None:
+def test_jaeger_and_grafana_settings(resolved: dict[str, Any]) -> None:
     """Jaeger keeps a capped in-memory store; Grafana is an anonymous viewer, provisioned."""
     jaeger = resolved["services"]["jaeger"]["environment"]
     assert jaeger["SPAN_STORAGE_TYPE"] == "memory"
@@ -298,6 +303,14 @@ def test_jaeger_grafana_and_postgres_settings(resolved: dict[str, Any]) -> None:
     mounts = {v["target"]: v["source"] for v in grafana["volumes"]}
     assert mounts["/etc/grafana/provisioning"] == str(ROOT / "grafana" / "provisioning")
     assert mounts["/var/lib/grafana/dashboards"] == str(ROOT / "grafana" / "dashboards")
+    # The dashboard provider reads where the dashboards are mounted.
+    providers = yaml.safe_load(
+        (ROOT / "grafana" / "provisioning" / "dashboards" / "dashboards.yml").read_text()
+    )["providers"]
+    assert {p["options"]["path"] for p in providers} == {"/var/lib/grafana/dashboards"}
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith("/var/lib/grafana/dashboards/")
+    assert (ROOT / "grafana" / "dashboards" / Path(home).name).is_file(), home
 
 
 def test_image_build_context_and_base() -> None:
