@@ -20,6 +20,8 @@ ORDER_TIMEOUT_S = 2.0
 class Shopper(HttpUser):
     """Places orders of one to three lines and checks the confirmation."""
 
+    # The Locust web UI (compose) starts with this host; `drill verify` passes --host.
+    host = os.environ.get("CHAIN_A_URL", "http://127.0.0.1:8011")
     wait_time = between(0.2, 0.6)
 
     def on_start(self) -> None:
@@ -52,5 +54,4 @@ class Shopper(HttpUser):
 if __name__ == "__main__":
     from locust import run_single_user
 
-    Shopper.host = os.environ.get("CHAIN_A_URL", "http://127.0.0.1:8011")
     run_single_user(Shopper)

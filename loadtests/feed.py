@@ -59,6 +59,8 @@ def _load_readers(host: str) -> None:
 class TimelineReader(FastHttpUser):
     """Opens the app, reads the first page of the timeline, scrolls, comes back a while later."""
 
+    # The Locust web UI (compose) starts with this host; `drill verify` passes --host.
+    host = os.environ.get("FEED_URL", "http://127.0.0.1:8021")
     # A reader glances at a page for a few seconds: about 11 timeline reads a second at 50 users.
     wait_time = between(3, 6)
 
@@ -87,5 +89,4 @@ class TimelineReader(FastHttpUser):
 if __name__ == "__main__":
     from locust import run_single_user
 
-    TimelineReader.host = os.environ.get("FEED_URL", "http://127.0.0.1:8021")
     run_single_user(TimelineReader)

@@ -37,6 +37,8 @@ def random_payment(rng: random.Random) -> dict[str, str]:
 class PaymentClient(HttpUser):
     """Posts payments and reads balances; records every confirmed payment as ground truth."""
 
+    # The Locust web UI (compose) starts with this host; `drill verify` passes --host.
+    host = os.environ.get("LEDGER_URL", "http://127.0.0.1:8001")
     wait_time = between(0.05, 0.25)
 
     def on_start(self) -> None:
@@ -94,5 +96,4 @@ class PaymentClient(HttpUser):
 if __name__ == "__main__":
     from locust import run_single_user
 
-    PaymentClient.host = os.environ.get("LEDGER_URL", "http://127.0.0.1:8001")
     run_single_user(PaymentClient)
