@@ -90,20 +90,6 @@ def _unknown(name: str) -> str:
 # -- drill serve: a container's foreground runner ----------------------------------------------
 
 
-def uvicorn_command(spec: native.ServiceSpec, host: str, port: int, root: Path) -> list[str]:
-    """The uvicorn command line for a lab service, as the native lab runs it."""
-    return [
-        sys.executable, "-m", "uvicorn", spec.app, "--factory",
-        "--host", host, "--port", str(port),
-        # The tree under root wins over the installed packages: compose bind-mounts the
-        # checkout's services/ there, so a fix plus `drill restart` runs the fixed code.
-        "--app-dir", str(root),
-        "--no-access-log", "--log-level", "warning",
-        # A deadlocked service never finishes its requests; bound the wait on shutdown.
-        "--timeout-graceful-shutdown", "3",
-    ]  # fmt: skip
-
-
 def service_env(
     config: native.LabConfig, spec: native.ServiceSpec, environ: dict[str, str]
 ) -> dict[str, str]:
@@ -112,7 +98,7 @@ def service_env(
     Compose sets PROFILES_URL=http://profiles:8022 because profiles runs in another container;
     the chain's peers run beside each other and keep the native lab's 127.0.0.1 URLs.
     """
-    env = native._child_env(config, spec)
+    env = native.child_env(config, spec)
     for variable in spec.peers:
         if environ.get(variable):
             env[variable] = environ[variable]
@@ -140,7 +126,7 @@ def serve(config: native.LabConfig, names: Sequence[str], host: str = native.HOS
             port = config.port(spec)
         except native.LabError as exc:
             raise ComposeError(str(exc)) from None
-        command = uvicorn_command(spec, host, port, config.root)
+        command = native.uvicorn_command(spec, host, port, config.root)
         commands[name] = (command, service_env(config, spec, dict(os.environ)))
         _log("info", f"{name}: {host}:{port}")
     if len(commands) == 1:

@@ -404,17 +404,8 @@ def _spawn(config: LabConfig, spec: ServiceSpec) -> _Pending:
         command, env = _prometheus_command(config), dict(os.environ)
         marker = str(_prometheus_config_file(config))
     else:
-        command = [
-            sys.executable, "-m", "uvicorn", spec.app, "--factory",
-            "--host", HOST, "--port", str(port),
-            # The tree under root must win over an installed `services` (tests patch a copy).
-            "--app-dir", str(config.root),
-            "--no-access-log", "--log-level", "warning",
-            # A deadlocked service never finishes its requests; without a bound, stopping it
-            # waits out STOP_TIMEOUT_S and ends in SIGKILL.
-            "--timeout-graceful-shutdown", "3",
-        ]  # fmt: skip
-        marker, env = spec.app, _child_env(config, spec)
+        command = uvicorn_command(spec, HOST, port, config.root)
+        marker, env = spec.app, child_env(config, spec)
     config.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.log_dir / f"{spec.name}.log"
     log_offset = _size(log_path)
@@ -449,6 +440,21 @@ def _spawn(config: LabConfig, spec: ServiceSpec) -> _Pending:
     return _Pending(record, process, log_path, log_offset)
 
 
+def uvicorn_command(spec: ServiceSpec, host: str, port: int, root: Path) -> list[str]:
+    """The uvicorn command line of a lab service (native lab and `drill serve` alike)."""
+    return [
+        sys.executable, "-m", "uvicorn", spec.app, "--factory",
+        "--host", host, "--port", str(port),
+        # The tree under root must win over an installed `services`: tests patch a copy, and
+        # compose bind-mounts the checkout's services/ so a fix plus a restart runs it.
+        "--app-dir", str(root),
+        "--no-access-log", "--log-level", "warning",
+        # A deadlocked service never finishes its requests; without a bound, stopping it
+        # waits out STOP_TIMEOUT_S and ends in SIGKILL.
+        "--timeout-graceful-shutdown", "3",
+    ]  # fmt: skip
+
+
 def _prometheus_config_file(config: LabConfig) -> Path:
     return config.state_dir / "prometheus" / "prometheus.yml"
 
@@ -470,7 +476,8 @@ def _prometheus_command(config: LabConfig) -> list[str]:
     return prometheus.command(executable, config_file, data_dir, listen)
 
 
-def _child_env(config: LabConfig, spec: ServiceSpec) -> dict[str, str]:
+def child_env(config: LabConfig, spec: ServiceSpec) -> dict[str, str]:
+    """A service's environment in this lab: state dir, endpoints, its own env and peer URLs."""
     env = dict(os.environ)
     env["DRILL_STATE_DIR"] = str(config.state_dir)
     env["OTEL_SERVICE_NAME"] = spec.name
