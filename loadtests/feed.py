@@ -61,7 +61,7 @@ class TimelineReader(FastHttpUser):
 
     # The Locust web UI (compose) starts with this host; `drill verify` passes --host.
     host = os.environ.get("FEED_URL", "http://127.0.0.1:8021")
-    # A reader glances at a page for a few seconds: about 11 timeline reads a second at 50 users.
+    # A reader glances at a page for a few seconds: about 6.7 timeline reads a second at 30 users.
     wait_time = between(3, 6)
 
     def on_start(self) -> None:
