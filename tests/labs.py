@@ -75,6 +75,21 @@ def verify(root: Path, env: dict[str, str], scenario: str, *args: str) -> tuple[
     return done.returncode, json.loads(result_path.read_text())
 
 
+def explain(result: Any) -> str:
+    """A verify result as an assertion message: every check with its figure and limit, the
+    other figures, and how busy the machine was, so a CI log alone says what went wrong."""
+    lines = [f"drill verify {result['scenario']}: {'passed' if result['passed'] else 'FAILED'}"]
+    for check in result["checks"]:
+        limit = f"<= {check['max']}" if check["max"] is not None else f">= {check['min']}"
+        verdict = "ok" if check["passed"] else "MISSED"
+        lines.append(f"  {verdict}: {check['name']}: {check['figure']} = {check['value']} {limit}")
+    figures = ", ".join(f"{k}={v}" for k, v in sorted(result["figures"].items()))
+    lines.append(f"  figures: {figures}")
+    load = " ".join(f"{n:.2f}" for n in os.getloadavg())
+    lines.append(f"  load average (1, 5, 15 min): {load}")
+    return "\n".join(lines)
+
+
 def check_results(result: Any) -> dict[str, bool]:
     """Whether each SLA check of a verify result passed, by figure."""
     return {check["figure"]: check["passed"] for check in result["checks"]}

@@ -19,7 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from drill.solutions import copy_lab
 from drill.verify import read_samples
 from tests.conftest import REPO_ROOT
-from tests.labs import check_results, lab_env, run_drill
+from tests.labs import check_results, explain, lab_env, run_drill
 from tests.labs import verify as run_verify
 from tests.otlp import ExportedSpan, otlp_receiver
 
@@ -76,7 +76,7 @@ def test_shipped_code_with_triggers_deadlocks_and_stays_stuck(lab) -> None:  # t
     # The scenario's full 40 s: when the cycle closes varies from run to run (about 3 s on an
     # idle machine, up to 17 s seen in CI), and the tail below must come after it.
     code, result = run_verify(root, env, "circular-deadlock", "--duration", SHIPPED_SECONDS)
-    assert code == 1
+    assert code == 1, explain(result)
     figures = result["figures"]
     # Throughput falls to zero: no order started in the last third of the load succeeded.
     # (The success ratio alone says little: it depends on when in the run the cycle closed.)
@@ -109,7 +109,7 @@ def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-
     """solutions/circular-deadlock.patch applied: every SLA holds with the triggers still on."""
     root, env = lab(patch="circular-deadlock")
     code, result = verify(root, env)
-    assert code == 0, result
+    assert code == 0, explain(result)
     figures = result["figures"]
     assert figures["success_ratio"] >= 0.99
     assert figures["p99_ms"] <= 250
@@ -127,7 +127,7 @@ def test_shipped_code_passes_the_clean_baseline(lab) -> None:  # type: ignore[no
     """Shipped chain with every trigger off is healthy under the same load: 'fine in staging'."""
     root, env = lab()
     code, result = verify(root, env, "--baseline")
-    assert code == 0, result
+    assert code == 0, explain(result)
     assert result["baseline"] is True
     assert result["figures"]["requests"] >= 300
 

@@ -14,7 +14,7 @@ import pytest
 
 from drill.solutions import copy_lab
 from tests.conftest import REPO_ROOT
-from tests.labs import check_results, drop_database, fresh_database, lab_env, run_drill
+from tests.labs import check_results, drop_database, explain, fresh_database, lab_env, run_drill
 from tests.labs import verify as run_verify
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -56,7 +56,7 @@ def test_shipped_code_with_triggers_fails(lab) -> None:  # type: ignore[no-untyp
     """Shipped ledger + fp-drift triggers: balances drift and retried payments post twice."""
     root, env = lab()
     code, result = verify(root, env)
-    assert code == 1
+    assert code == 1, explain(result)
     assert result["figures"]["ledger.payments"] >= 1000
     assert result["figures"]["ledger.balance_drift"] > 0
     assert result["figures"]["ledger.duplicate_postings"] > 0
@@ -70,7 +70,7 @@ def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-
     """solutions/fp-drift.patch applied: every SLA holds with the triggers still on."""
     root, env = lab(patch="fp-drift")
     code, result = verify(root, env)
-    assert code == 0, result
+    assert code == 0, explain(result)
     assert result["figures"]["ledger.balance_drift"] == 0
     assert result["figures"]["ledger.duplicate_postings"] == 0
     assert result["figures"]["ledger.payments"] >= 1000
@@ -80,7 +80,7 @@ def test_shipped_code_passes_the_clean_baseline(lab) -> None:  # type: ignore[no
     """Shipped ledger with every trigger off looks healthy: 'fine in staging'."""
     root, env = lab()
     code, result = verify(root, env, "--baseline")
-    assert code == 0, result
+    assert code == 0, explain(result)
     assert result["baseline"] is True
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from drill.solutions import copy_lab
 from tests.conftest import REPO_ROOT, need_server
-from tests.labs import check_results, drop_database, fresh_database, lab_env, run_drill
+from tests.labs import check_results, drop_database, explain, fresh_database, lab_env, run_drill
 from tests.labs import verify as run_verify
 from tests.test_feed_cache import REDIS_URL, redis_reachable
 
@@ -65,7 +65,7 @@ def test_shipped_code_with_triggers_fails(results: dict[str, tuple[int, dict]]) 
     """Shipped feed + triggers: p95 and statements per request miss their SLAs; exit 1."""
     code, result = results["shipped"]
     figures = result["figures"]
-    assert code == 1
+    assert code == 1, explain(result)
     # Only requests that finished are samples; a stalled feed finishes few, but some.
     assert figures["requests"] >= 5
     assert not check_results(result)["p95_ms"]
@@ -80,7 +80,7 @@ def test_reference_fix_passes_with_triggers_on(results: dict[str, tuple[int, dic
     """solutions/n-plus-one.patch: every SLA holds with the triggers still on; p95 10x lower."""
     code, result = results["patched"]
     figures = result["figures"]
-    assert code == 0, result
+    assert code == 0, explain(result)
     assert figures["feed.db_queries_per_request_max"] <= 3
     assert figures["p95_ms"] <= 150
     assert figures["success_ratio"] >= 0.99
@@ -94,7 +94,7 @@ def test_reference_fix_passes_with_triggers_on(results: dict[str, tuple[int, dic
 def test_shipped_code_passes_the_clean_baseline(results: dict[str, tuple[int, dict]]) -> None:
     """Shipped feed with every trigger off looks healthy: 'fine in staging'."""
     code, result = results["baseline"]
-    assert code == 0, result
+    assert code == 0, explain(result)
     assert result["baseline"] is True
     assert "feed.db_queries_per_request_max" not in check_results(result), "a check of the fix"
     assert result["figures"]["feed.db_queries_per_request_max"] > 3, "the N+1 is there all along"
