@@ -61,8 +61,8 @@ class TimelineReader(FastHttpUser):
 
     # The Locust web UI (compose) starts with this host; `drill verify` passes --host.
     host = os.environ.get("FEED_URL", "http://127.0.0.1:8021")
-    # A reader glances at a page for a few seconds: about 6.7 timeline reads a second at 30 users.
-    wait_time = between(3, 6)
+    # A reader reads a page for 5 to 10 seconds: about 6.7 timeline reads a second at 50 users.
+    wait_time = between(5, 10)
 
     def on_start(self) -> None:
         _load_readers(self.host or "")

@@ -326,7 +326,7 @@ def test_fix_only_metrics_come_from_their_patches_and_are_used() -> None:
 SHIPPED_LOAD = (
     ("fp-drift", "--duration", "10"),
     # Three readers: each timeline holds the feed's event loop for a second or more, and with
-    # the scenario's 30 every scrape of the feed times out (4 s) while the storm lasts:
+    # the scenario's 50 every scrape of the feed times out (4 s) while the storm lasts:
     # Prometheus records a gap (up 0), not the storm.
     ("n-plus-one", "--duration", "20", "--users", "3"),
     # The chain's order latency panels read rate()[1m] over completed orders, and with its
