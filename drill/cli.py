@@ -192,7 +192,7 @@ def scenarios(root: RootOption = None) -> None:
 def _print_result(result: VerifyResult) -> None:
     mode = "baseline (every trigger off)" if result.baseline else "triggers on"
     table = Table(
-        "check", "figure", "value", "bound", "result",
+        "kind", "check", "figure", "value", "bound", "result",
         title=f"drill verify {result.scenario}: {mode}, {result.users} users, "
         f"{result.load_seconds:g}s"
         + (f" (first {result.warmup_seconds:g}s not judged)" if result.warmup_seconds else ""),
@@ -208,8 +208,16 @@ def _print_result(result: VerifyResult) -> None:
             if part
         )
         verdict = "[green]pass[/green]" if check.passed else "[red]FAIL[/red]"
-        table.add_row(check.name, figure, f"{check.value:.6g}", bound, verdict)
+        table.add_row(check.kind, check.name, figure, f"{check.value:.6g}", bound, verdict)
     console.print(table)
+    console.print(
+        "invariants carry the verdict on the defect on any machine; latency bounds hold on "
+        "the slowest supported one (2 vCPUs at half a laptop core's speed):",
+        highlight=False,
+    )
+    for check in result.checks:
+        if check.kind == "latency" and check.basis:
+            console.print(f"  {check.name}: {' '.join(check.basis.split())}", highlight=False)
     console.print(f"run artifacts: {result.run_dir}")
 
 

@@ -190,6 +190,29 @@ def collect_feed(base_url: str, truth_path: Path) -> dict[str, float]:
     return figures
 
 
+ACTED_METRIC = "drill_trigger_acted"
+
+
+def triggers_acted(base_url: str) -> Counter[str]:
+    """How often each trigger flag took its path in one service so far, from its /metrics."""
+    response = httpx.get(f"{base_url}/metrics", timeout=180, trust_env=False)
+    response.raise_for_status()
+    acted: Counter[str] = Counter()
+    for family in text_string_to_metric_families(response.text):
+        if family.name == ACTED_METRIC:
+            for sample in family.samples:
+                if sample.name == f"{ACTED_METRIC}_total":
+                    acted[sample.labels["flag"]] += int(sample.value)
+    return acted
+
+
+def load_acted(path: Path) -> Counter[str]:
+    """What the load generator's own flag reads acted on (flags read by Locust's users)."""
+    if not path.exists():
+        return Counter()
+    return Counter({flag: int(n) for flag, n in json.loads(path.read_text()).items()})
+
+
 Collector = Callable[[str, Path], dict[str, float]]
 COLLECTORS: dict[str, Collector] = {
     "ledger": collect_ledger,

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 import faults
-from drill import prometheus
+from drill import machine, prometheus
 
 log = logging.getLogger("drill.native")
 
@@ -404,7 +404,7 @@ def _spawn(config: LabConfig, spec: ServiceSpec) -> _Pending:
         command, env = _prometheus_command(config), dict(os.environ)
         marker = str(_prometheus_config_file(config))
     else:
-        command = uvicorn_command(spec, HOST, port, config.root)
+        command = machine.pinned(uvicorn_command(spec, HOST, port, config.root))
         marker, env = spec.app, child_env(config, spec)
     config.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.log_dir / f"{spec.name}.log"

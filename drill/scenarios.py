@@ -17,8 +17,20 @@ from faults import Catalog, load_catalog
 
 # Figures drill verify can check; collectors for a service add their own names.
 REQUEST_FIGURES = frozenset(
-    {"requests", "success_ratio", "p50_ms", "p95_ms", "p99_ms", "max_ms", "throughput_rps"}
+    {
+        "requests",
+        "success_ratio",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+        "throughput_rps",
+        "stuck_windows",
+        "hung_requests",
+    }
 )
+# Figures that say how fast the machine is; every other figure is an invariant.
+LATENCY_FIGURES = frozenset({"p50_ms", "p95_ms", "p99_ms", "max_ms", "throughput_rps"})
 SERVICE_FIGURES = frozenset(
     {
         "ledger.balance_drift",
@@ -66,6 +78,12 @@ class Trigger(Strict):
     flag: str
     variant: str
     percent: float | None = Field(None, gt=0, le=100)
+    min_acted: int = Field(
+        1,
+        ge=1,
+        description="Evaluations that must take the trigger's path in a run (faults counts "
+        "them); fewer means the condition was switched off rather than survived",
+    )
 
 
 class Load(Strict):
@@ -78,6 +96,14 @@ class Load(Strict):
     warmup: Seconds | None = Field(
         None, description="Requests started in the first seconds of the load are not judged"
     )
+    client_timeout: Seconds | None = Field(
+        None,
+        description="How long a client waits for an answer (passed to Locust); a request that "
+        "takes this long hung",
+    )
+    window: Seconds = Field(
+        2.0, description="Length of the windows in which stuck_windows looks for a completion"
+    )
 
     @model_validator(mode="after")
     def _warmup_within_duration(self) -> Load:
@@ -88,6 +114,10 @@ class Load(Strict):
 
 class SlaCheck(Strict):
     name: str
+    kind: Literal["invariant", "latency"] = Field(
+        description="invariant: holds on any machine and carries the verdict on the defect; "
+        "latency: a bound that depends on the machine, with its basis written down"
+    )
     figure: str
     request: str | None = Field(None, description='e.g. "POST /transactions"; default all')
     max: float | None = None
@@ -96,6 +126,11 @@ class SlaCheck(Strict):
         True,
         description="false for a check of the fix rather than of health (e.g. queries per "
         "request); `drill verify --baseline` skips it",
+    )
+    basis: str | None = Field(
+        None,
+        description="For a latency bound: where the number comes from (the injected latency "
+        "plus stated headroom, or a calibration) and why it holds on the slowest machine",
     )
 
     @model_validator(mode="after")
@@ -107,6 +142,12 @@ class SlaCheck(Strict):
             raise ValueError(f"request filters apply to request figures, not {self.figure!r}")
         if self.max is None and self.min is None:
             raise ValueError("give max, min or both")
+        if self.kind == "latency" and self.figure not in LATENCY_FIGURES:
+            raise ValueError(f"{self.figure!r} does not depend on the machine: kind: invariant")
+        if self.kind == "invariant" and self.figure in LATENCY_FIGURES:
+            raise ValueError(f"{self.figure!r} depends on the machine's speed: kind: latency")
+        if self.kind == "latency" and not (self.basis or "").strip():
+            raise ValueError("a latency bound needs its basis: where the number comes from")
         return self
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 # What a participant's checkout holds that the lab runs from.
@@ -40,8 +41,23 @@ def apply(root: Path, name: str, *, reverse: bool = False) -> None:
         raise SolutionError(f"{' '.join(command[:-1])} {patch.name} failed:\n{done.stderr.strip()}")
 
 
-def copy_lab(root: Path, destination: Path, *, solution: str | None = None) -> Path:
-    """A copy of the lab's source at destination, with a solution applied if named."""
+def apply_patch(root: Path, patch: Path) -> None:
+    """git apply a patch file (a shortcut under tests/shortcuts/, say) in the tree at root."""
+    done = subprocess.run(
+        ["git", "apply", str(patch)], cwd=root, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SolutionError(f"git apply {patch.name} failed:\n{done.stderr.strip()}")
+
+
+def copy_lab(
+    root: Path,
+    destination: Path,
+    *,
+    solution: str | None = None,
+    patches: Sequence[Path] = (),
+) -> Path:
+    """A copy of the lab's source at destination, with a solution and then patches applied."""
     destination.mkdir(parents=True)
     for name in LAB_TREE:
         source = root / name
@@ -52,4 +68,6 @@ def copy_lab(root: Path, destination: Path, *, solution: str | None = None) -> P
             shutil.copy2(source, destination / name)
     if solution is not None:
         apply(destination, solution)
+    for patch in patches:
+        apply_patch(destination, patch)
     return destination

@@ -10,15 +10,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from drill.collectors import COLLECTORS, PROBES, SNAPSHOTS
+from drill import machine
+from drill.collectors import COLLECTORS, PROBES, SNAPSHOTS, load_acted, triggers_acted
 from drill.native import LabConfig, endpoints
-from drill.scenarios import REQUEST_FIGURES, Scenario, SlaCheck, load_program
+from drill.scenarios import REQUEST_FIGURES, Scenario, SlaCheck, Trigger, load_program
 from faults import load_catalog, read_document, reset_flags, restore_document, set_flags, state_path
 
 # Services poll the flag file every 200 ms; one second covers a loaded machine.
@@ -55,6 +57,8 @@ class CheckResult:
     max: float | None
     min: float | None
     passed: bool
+    kind: str = "invariant"
+    basis: str | None = None
 
 
 @dataclass
@@ -92,8 +96,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def request_figures(samples: list[Sample], seconds: float) -> dict[str, float]:
+@dataclass(frozen=True)
+class Judged:
+    """The stretch of the load that is judged, and how its requests are timed out."""
+
+    start: float  # epoch seconds
+    seconds: float
+    window: float
+    client_timeout: float | None
+
+
+def stuck_windows(samples: list[Sample], judged: Judged) -> int:
+    """Windows of the judged stretch in which no request completed successfully."""
+    windows = max(1, math.floor(judged.seconds / judged.window))
+    alive = set()
+    for sample in samples:
+        if sample.ok and sample.started is not None:
+            finished = sample.started + sample.ms / 1000
+            index = math.floor((finished - judged.start) / judged.window)
+            if 0 <= index < windows:
+                alive.add(index)
+    return windows - len(alive)
+
+
+def request_figures(samples: list[Sample], judged: Judged) -> dict[str, float]:
     times = [s.ms for s in samples]
+    # A request within 2% of the client's patience ran into it (Locust times it a little short).
+    hung_ms = judged.client_timeout * 1000 * 0.98 if judged.client_timeout else math.inf
     return {
         "requests": float(len(samples)),
         "success_ratio": sum(s.ok for s in samples) / len(samples) if samples else math.nan,
@@ -101,26 +130,58 @@ def request_figures(samples: list[Sample], seconds: float) -> dict[str, float]:
         "p95_ms": percentile(times, 0.95),
         "p99_ms": percentile(times, 0.99),
         "max_ms": max(times) if times else math.nan,
-        "throughput_rps": len(samples) / seconds,
+        "throughput_rps": len(samples) / judged.seconds,
+        "stuck_windows": float(stuck_windows(samples, judged)),
+        "hung_requests": float(sum(s.ms >= hung_ms for s in samples)),
     }
 
 
+def _check_result(check: SlaCheck, value: float) -> CheckResult:
+    passed = not math.isnan(value)
+    passed = passed and (check.max is None or value <= check.max)
+    passed = passed and (check.min is None or value >= check.min)
+    return CheckResult(
+        check.name,
+        check.figure,
+        check.request,
+        value,
+        check.max,
+        check.min,
+        passed,
+        check.kind,
+        check.basis,
+    )
+
+
 def evaluate(
-    checks: list[SlaCheck], samples: list[Sample], seconds: float, figures: dict[str, float]
+    checks: list[SlaCheck], samples: list[Sample], judged: Judged, figures: dict[str, float]
 ) -> list[CheckResult]:
     results = []
     for check in checks:
         if check.figure in REQUEST_FIGURES:
             chosen = [s for s in samples if check.request in (None, s.request)]
-            value = request_figures(chosen, seconds)[check.figure]
+            value = request_figures(chosen, judged)[check.figure]
         else:
             value = figures.get(check.figure, math.nan)
-        passed = not math.isnan(value)
-        passed = passed and (check.max is None or value <= check.max)
-        passed = passed and (check.min is None or value >= check.min)
+        results.append(_check_result(check, value))
+    return results
+
+
+def trigger_checks(triggers: list[Trigger], figures: dict[str, float]) -> list[CheckResult]:
+    """Each trigger must have taken its path at least min_acted times: proof it was survived."""
+    results = []
+    for trigger in triggers:
+        figure = f"trigger.{trigger.flag}.acted"
+        value = figures.get(figure, 0.0)
         results.append(
             CheckResult(
-                check.name, check.figure, check.request, value, check.max, check.min, passed
+                f"trigger {trigger.flag}={trigger.variant} acted",
+                figure,
+                None,
+                value,
+                None,
+                trigger.min_acted,
+                value >= trigger.min_acted,
             )
         )
     return results
@@ -167,12 +228,16 @@ def _run_locust(
         "DRILL_SAMPLES": str(run_dir / "samples.tsv"),
         "DRILL_GROUND_TRUTH": str(run_dir / "truth.jsonl"),
         "DRILL_RUN_ID": run_dir.name,
+        "DRILL_ACTED": str(run_dir / "locust-acted.json"),
+        "DRILL_CLIENT_TIMEOUT_S": str(load.client_timeout or ""),
         # Load tests that read flags (feed.heavy_users) read this lab's.
         "DRILL_STATE_DIR": str(run_dir.parents[1]),
     }
     with open(run_dir / "locust.log", "w") as log:
         # Locust runs as a subprocess: importing it would monkey-patch this process with gevent.
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            machine.pinned(command), cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         budget = seconds + STOP_TIMEOUT_S + 60
         try:
             code = process.wait(timeout=budget)
@@ -191,6 +256,20 @@ def _run_locust(
     if code not in (0, 1) or not (run_dir / "samples.tsv").exists():
         tail = "\n".join((run_dir / "locust.log").read_text().splitlines()[-15:])
         raise VerifyError(f"locust exited with {code} and produced no samples:\n{tail}")
+
+
+def _acted(scenario: Scenario, urls: dict[str, str]) -> Counter[str]:
+    """Trigger evaluations that took the trigger's path, summed over the scenario's services."""
+    total: Counter[str] = Counter()
+    for service in scenario.services:
+        try:
+            total += triggers_acted(urls[service])
+        except httpx.HTTPError as exc:
+            raise VerifyError(
+                f"{service} did not answer /metrics ({type(exc).__name__}: {exc}); "
+                "see `drill status` and its log"
+            ) from None
+    return total
 
 
 def run_verify(
@@ -230,6 +309,7 @@ def run_verify(
             triggers = {t.flag: (t.variant, t.percent) for t in scenario.triggers}
             set_flags(state_dir, catalog, triggers, reset_others=True)
         time.sleep(FLAG_SETTLE_S)
+        acted_before = _acted(scenario, urls)
         for service in scenario.services:
             snapshot = SNAPSHOTS.get(service)
             if snapshot is not None:
@@ -247,6 +327,9 @@ def run_verify(
     time.sleep(DRAIN_S)
 
     figures: dict[str, float] = {}
+    acted = _acted(scenario, urls) - acted_before + load_acted(run_dir / "locust-acted.json")
+    for trigger in scenario.triggers:
+        figures[f"trigger.{trigger.flag}.acted"] = float(acted[trigger.flag])
     for service in scenario.services:
         collector = COLLECTORS.get(service)
         if collector is not None:
@@ -262,10 +345,18 @@ def run_verify(
         # Requests started while users were still spawning and caches were cold are not judged.
         cutoff = load_started + warmup
         samples = [s for s in samples if s.started is None or s.started >= cutoff]
-    figures.update(request_figures(samples, seconds - warmup))
+    judged = Judged(
+        start=load_started + warmup,
+        seconds=seconds - warmup,
+        window=scenario.load.window,
+        client_timeout=scenario.load.client_timeout,
+    )
+    figures.update(request_figures(samples, judged))
     # The baseline asks "does it look healthy?"; checks of how the fix works do not apply.
     sla = [check for check in scenario.sla if check.baseline or not baseline]
-    checks = evaluate(sla, samples, seconds - warmup, figures)
+    checks = evaluate(sla, samples, judged, figures)
+    if not baseline:
+        checks += trigger_checks(scenario.triggers, figures)
     result = VerifyResult(
         scenario=scenario_name,
         baseline=baseline,

@@ -35,6 +35,10 @@ class FlagSpec:
     def value_type(self) -> type:
         return type(self.default_value)
 
+    def variant_of(self, value: FlagValue) -> str:
+        """The name of the variant serving value (the first, if two serve the same)."""
+        return next((name for name, v in self.variants.items() if v == value), str(value))
+
     def definition(self) -> dict[str, Any]:
         """The flag in flagd's schema, with its catalog default."""
         return {

@@ -36,6 +36,13 @@ FLAG_STATE_OK = Gauge(
     ["service"],
 )
 
+TRIGGER_ACTED = Counter(
+    "drill_trigger_acted",
+    "Evaluations of a trigger flag that served a variant other than off, so the code took the "
+    "trigger's path; drill verify reads it to prove that a scenario's triggers acted",
+    ["service", "flag", "variant"],
+)
+
 REVEAL_FLAG = "lab.reveal"
 
 # Poll the state file every 200 ms: a flip reaches the service well within 1 s.
@@ -133,9 +140,11 @@ class Flags:
                     attributes=attributes,
                 )
             value = self._evaluate(key, spec.default_value, ctx)
-        if spec.kind == "trigger" and value != spec.default_value and self._revealing():
-            # Debrief only: the span says which trigger shaped this request.
-            trace.get_current_span().set_attribute(f"drill.trigger.{key}", value)
+        if spec.kind == "trigger" and value != spec.default_value:
+            TRIGGER_ACTED.labels(self.service, key, spec.variant_of(value)).inc()
+            if self._revealing():
+                # Debrief only: the span says which trigger shaped this request.
+                trace.get_current_span().set_attribute(f"drill.trigger.{key}", value)
         return value
 
     def _evaluate(self, key: str, default: FlagValue, ctx: EvaluationContext | None) -> FlagValue:

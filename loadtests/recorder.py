@@ -11,6 +11,7 @@ import threading
 from typing import Any, TextIO
 
 from locust import events
+from prometheus_client import REGISTRY
 
 
 class _Lines:
@@ -38,6 +39,8 @@ class _Lines:
 samples = _Lines("DRILL_SAMPLES")
 ground_truth = _Lines("DRILL_GROUND_TRUTH")
 RUN_ID = os.environ.get("DRILL_RUN_ID", "local")
+# How long a client waits for an answer: the judge's setting (scenarios.yaml), not the user's.
+CLIENT_TIMEOUT_S = float(os.environ.get("DRILL_CLIENT_TIMEOUT_S") or 0) or None
 
 
 def record_truth(entry: dict[str, Any]) -> None:
@@ -59,10 +62,27 @@ def _on_request(
     samples.write(f"{request_type}\t{name}\t{response_time:.3f}\t{0 if exception else 1}{started}")
 
 
+def _write_acted() -> None:
+    """Trigger flags that this process read and acted on (drill verify's proof they acted)."""
+    path = os.environ.get("DRILL_ACTED")
+    if not path:
+        return
+    acted: dict[str, int] = {}
+    for family in REGISTRY.collect():
+        if family.name == "drill_trigger_acted":
+            for sample in family.samples:
+                if sample.name == "drill_trigger_acted_total":
+                    flag = sample.labels["flag"]
+                    acted[flag] = acted.get(flag, 0) + int(sample.value)
+    with open(path, "w") as handle:
+        json.dump(acted, handle)
+
+
 @events.test_stop.add_listener
 def _on_test_stop(**_kwargs: Any) -> None:
     samples.flush()
     ground_truth.flush()
+    _write_acted()
 
 
 @events.quit.add_listener
