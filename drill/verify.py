@@ -21,7 +21,15 @@ from drill import machine
 from drill.collectors import COLLECTORS, PROBES, SNAPSHOTS, load_acted, triggers_acted
 from drill.native import LabConfig, endpoints
 from drill.scenarios import REQUEST_FIGURES, Scenario, SlaCheck, Trigger, load_program
-from faults import load_catalog, read_document, reset_flags, restore_document, set_flags, state_path
+from faults import (
+    load_catalog,
+    read_document,
+    reset_flags,
+    restore_document,
+    set_flags,
+    state_path,
+    write_document,
+)
 
 # Services poll the flag file every 200 ms; one second covers a loaded machine.
 FLAG_SETTLE_S = 1.0
@@ -308,6 +316,8 @@ def run_verify(
         else:
             triggers = {t.flag: (t.variant, t.percent) for t in scenario.triggers}
             set_flags(state_dir, catalog, triggers, reset_others=True)
+        # The flags the run set, for collectors whose expectations depend on them.
+        write_document(run_dir / "flags.json", read_document(state_path(state_dir), catalog))
         time.sleep(FLAG_SETTLE_S)
         acted_before = _acted(scenario, urls)
         for service in scenario.services:

@@ -10,6 +10,7 @@ from faults._state import (
     restore_document,
     set_flags,
     state_path,
+    write_document,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "restore_document",
     "set_flags",
     "state_path",
+    "write_document",
 ]

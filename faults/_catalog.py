@@ -10,6 +10,8 @@ from typing import Any
 FlagValue = bool | int | float | str
 
 CATALOG_PATH = Path(__file__).with_name("flags.json")
+# Where services.kit can inject an environmental condition that a flag sets.
+INJECTION_POINTS = ("db.commit", "db.statement")
 
 
 class CatalogError(ValueError):
@@ -26,6 +28,9 @@ class FlagSpec:
     description: str
     service: str
     kind: str
+    # Environmental conditions the kit injects around the service's code, never inside it:
+    # "db.commit" (latency after each commit that wrote) or "db.statement" (before each one).
+    injects: str | None = None
 
     @property
     def default_value(self) -> FlagValue:
@@ -41,15 +46,14 @@ class FlagSpec:
 
     def definition(self) -> dict[str, Any]:
         """The flag in flagd's schema, with its catalog default."""
+        metadata = {"service": self.service, "kind": self.kind, "description": self.description}
+        if self.injects is not None:
+            metadata["injects"] = self.injects
         return {
             "state": "ENABLED",
             "variants": dict(self.variants),
             "defaultVariant": self.default_variant,
-            "metadata": {
-                "service": self.service,
-                "kind": self.kind,
-                "description": self.description,
-            },
+            "metadata": metadata,
         }
 
 
@@ -95,7 +99,16 @@ def _parse_flag(key: str, raw: Any, where: str) -> FlagSpec:
     description = metadata.get("description")
     if not isinstance(description, str) or not description.strip():
         raise CatalogError(f"{where}: flags.{key}.metadata.description: missing")
+    injects = metadata.get("injects")
+    if injects is not None and injects not in INJECTION_POINTS:
+        known = ", ".join(INJECTION_POINTS)
+        raise CatalogError(
+            f"{where}: flags.{key}.metadata.injects: {injects!r} is not one of: {known}"
+        )
+    if injects is not None and types != {int}:
+        raise CatalogError(f"{where}: flags.{key}.variants: an injected latency is integer ms")
     return FlagSpec(
+        injects=injects,
         key=key,
         variants=dict(variants),
         default_variant=str(default),

@@ -10,7 +10,6 @@ from services.feed.models import Base
 from services.feed.seed import seed_if_empty
 from services.feed.settings import FeedSettings
 from services.kit.app import create_service_app
-from services.kit.db import add_query_latency
 from services.kit.http import create_client
 
 
@@ -27,8 +26,6 @@ def create_app(
         on_startup=[_seed, _open_profiles],
         on_shutdown=[_close_profiles],
     )
-    flags = app.state.flags
-    add_query_latency(app.state.engine, lambda: flags.integer("feed.db_latency_ms"))
     return app
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -12,8 +14,8 @@ import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import MetaData
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import Engine, MetaData
+from sqlalchemy.orm import Session, sessionmaker
 
 from faults import Flags
 from services.kit import db, metrics, telemetry, work
@@ -70,6 +72,30 @@ async def get_flags(request: Request) -> Flags:
 FlagsDep = Annotated[Flags, Depends(get_flags)]
 
 
+def _inject_conditions(
+    flags: Flags, service: str, engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    """Wire the environment's latency flags (catalog metadata `injects`) around the database.
+
+    They live here, not in the service: a team that deletes a condition from its own code
+    has removed the symptom, not the defect.
+    """
+    for spec in flags.catalog.flags.values():
+        if spec.service != service or spec.injects is None:
+            continue
+        # A fresh targeting key per evaluation: a percentage means that share of commits or
+        # statements, not of users.
+        delay = functools.partial(_random_key_integer, flags, spec.key)
+        if spec.injects == "db.commit":
+            db.add_commit_latency(engine, sessions, delay)
+        elif spec.injects == "db.statement":
+            db.add_query_latency(engine, delay)
+
+
+def _random_key_integer(flags: Flags, key: str) -> int:
+    return flags.integer(key, {"targetingKey": uuid.uuid4().hex})
+
+
 def create_service_app(
     settings: ServiceSettings,
     *,
@@ -114,6 +140,7 @@ def create_service_app(
         work.count_queries(engine)
         app.state.engine = engine
         app.state.sessions = sessionmaker(engine, expire_on_commit=False)
+        _inject_conditions(app.state.flags, settings.service_name, engine, app.state.sessions)
 
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
