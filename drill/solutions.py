@@ -34,20 +34,16 @@ def patch_path(root: Path, name: str) -> Path:
 
 def apply(root: Path, name: str, *, reverse: bool = False) -> None:
     """git apply (or --reverse) solutions/NAME.patch in the tree at root."""
-    patch = patch_path(root, name)
-    command = ["git", "apply", *(["--reverse"] if reverse else []), str(patch)]
-    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    apply_patch(root, patch_path(root, name), reverse=reverse)
+
+
+def apply_patch(root: Path, patch: Path, *, reverse: bool = False, check: bool = False) -> None:
+    """git apply a patch file in the tree at root (--reverse, or only --check, when asked)."""
+    flags = [*(["--reverse"] if reverse else []), *(["--check"] if check else [])]
+    command = ["git", "apply", *flags, str(patch)]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SolutionError(f"{' '.join(command[:-1])} {patch.name} failed:\n{done.stderr.strip()}")
-
-
-def apply_patch(root: Path, patch: Path) -> None:
-    """git apply a patch file (a shortcut under tests/shortcuts/, say) in the tree at root."""
-    done = subprocess.run(
-        ["git", "apply", str(patch)], cwd=root, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise SolutionError(f"git apply {patch.name} failed:\n{done.stderr.strip()}")
 
 
 def copy_lab(

@@ -169,3 +169,37 @@ def test_state_writes_leave_no_temp_files(tmp_path: Path) -> None:
     for variant in ("on", "off", "on"):
         set_flags(tmp_path, CATALOG, {"ledger.fx_conversion": (variant, None)})
     assert sorted(p.name for p in tmp_path.iterdir()) == [".flags.lock", "flags.json"]
+
+
+def test_an_unknown_injection_point_is_rejected_with_the_flag(tmp_path: Path) -> None:
+    """A catalog entry that asks the kit to inject somewhere it cannot is named in the error."""
+    bad = tmp_path / "flags.json"
+    flag = {
+        "variants": {"off": 0, "slow": 100},
+        "defaultVariant": "off",
+        "metadata": {"description": "x", "injects": "db.vacuum"},
+    }
+    bad.write_text(json.dumps({"flags": {"x.y": flag}}))
+    with pytest.raises(CatalogError, match=r"flags\.x\.y\.metadata\.injects: 'db\.vacuum'"):
+        load_catalog(bad)
+
+
+def acted(service: str, flag: str, variant: str) -> float:
+    labels = {"service": service, "flag": flag, "variant": variant}
+    return REGISTRY.get_sample_value("drill_trigger_acted_total", labels) or 0.0
+
+
+def test_only_evaluations_that_take_a_triggers_path_are_counted(
+    tmp_path: Path, flags: Flags
+) -> None:
+    """drill_trigger_acted counts a trigger's non-off evaluations per variant, never off ones."""
+    before = acted("test", "ledger.commit_latency_ms", "slow")
+    for _ in range(3):
+        flags.integer("ledger.commit_latency_ms")
+    assert acted("test", "ledger.commit_latency_ms", "slow") == before
+    set_flags(tmp_path, CATALOG, {"ledger.commit_latency_ms": ("slow", None)})
+    wait_for(lambda: flags.integer("ledger.commit_latency_ms") == 1500)
+    counted = acted("test", "ledger.commit_latency_ms", "slow")
+    for _ in range(3):
+        flags.integer("ledger.commit_latency_ms")
+    assert acted("test", "ledger.commit_latency_ms", "slow") == counted + 3

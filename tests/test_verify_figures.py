@@ -1,0 +1,111 @@
+"""The judge's own arithmetic: check kinds, stuck windows, hung requests, triggers that acted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from drill.scenarios import ScenarioFileError, Trigger, load_program
+from drill.verify import Judged, Sample, request_figures, stuck_windows, trigger_checks
+from tests.conftest import REPO_ROOT
+
+START = 1_000_000.0
+JUDGED = Judged(start=START, seconds=10.0, window=2.0, client_timeout=2.0)
+
+
+def order(started: float, ms: float, ok: bool = True) -> Sample:
+    return Sample("POST", "/orders", ms, ok, START + started)
+
+
+def test_every_window_with_a_completion_is_alive() -> None:
+    """A steady stream of successes leaves no stuck window."""
+    samples = [order(t / 2, 50) for t in range(20)]
+    assert stuck_windows(samples, JUDGED) == 0
+
+
+def test_windows_after_the_last_success_are_stuck() -> None:
+    """Successes stop at 3 s: windows [4,6), [6,8), [8,10) are stuck; failures do not count."""
+    samples = [order(t / 2, 50) for t in range(7)] + [order(5, 2000, ok=False)]
+    assert stuck_windows(samples, JUDGED) == 3
+
+
+def test_a_success_counts_where_it_completes_not_where_it_starts() -> None:
+    """An order started at 1 s that took 8 s keeps only the window it completed in alive."""
+    assert stuck_windows([order(1, 8000)], JUDGED) == 4
+
+
+def test_no_samples_at_all_means_every_window_is_stuck() -> None:
+    """A load that got no answer at all is stuck for the whole judged stretch."""
+    assert stuck_windows([], JUDGED) == 5
+
+
+def test_requests_that_ran_into_the_client_timeout_hung() -> None:
+    """A request within 2% of the client's 2 s patience hung; a slow but answered one did not."""
+    samples = [order(0, 1990, ok=False), order(1, 1500), order(2, 2001, ok=False)]
+    figures = request_figures(samples, JUDGED)
+    assert figures["hung_requests"] == 2
+    unlimited = Judged(start=START, seconds=10.0, window=2.0, client_timeout=None)
+    assert request_figures(samples, unlimited)["hung_requests"] == 0
+
+
+def test_a_trigger_that_never_acted_fails_its_check() -> None:
+    """A trigger whose path ran fewer times than min_acted fails, named after its flag."""
+    triggers = [
+        Trigger(flag="chain.fraud_callback", variant="on", min_acted=100),
+        Trigger(flag="chain.b_latency_ms", variant="slow"),
+    ]
+    figures = {"trigger.chain.fraud_callback.acted": 99.0}
+    results = {r.name: r for r in trigger_checks(triggers, figures)}
+    assert not results["trigger chain.fraud_callback=on acted"].passed
+    assert results["trigger chain.fraud_callback=on acted"].kind == "invariant"
+    assert not results["trigger chain.b_latency_ms=slow acted"].passed  # absent counts as 0
+    figures["trigger.chain.fraud_callback.acted"] = 100.0
+    figures["trigger.chain.b_latency_ms.acted"] = 1.0
+    assert all(r.passed for r in trigger_checks(triggers, figures))
+
+
+def test_every_committed_check_says_its_kind_and_latency_bounds_their_basis() -> None:
+    """scenarios.yaml names each check invariant or latency; every latency bound has a basis."""
+    program = load_program(REPO_ROOT / "scenarios.yaml")
+    for scenario in program.scenarios.values():
+        kinds = {check.kind for check in scenario.sla}
+        assert "invariant" in kinds, "an invariant carries the verdict on the defect"
+        for check in scenario.sla:
+            if check.kind == "latency":
+                assert check.basis and len(check.basis.split()) >= 8, check.name
+
+
+@pytest.mark.parametrize(
+    ("replace", "with_", "expected"),
+    [
+        ("kind: latency\n", "kind: invariant\n", "depends on the machine's speed: kind: latency"),
+        ("kind: invariant\n", "kind: latency\n", "does not depend on the machine: kind: invariant"),
+        ("kind: invariant\n", "kind: fast\n", "Input should be 'invariant' or 'latency'"),
+        ("        kind: invariant\n", "", r"\.kind: Field required"),
+    ],
+)
+def test_a_check_of_the_wrong_kind_is_refused_with_its_place(
+    tmp_path: Path, replace: str, with_: str, expected: str
+) -> None:
+    """A latency figure called an invariant (or the reverse) is refused at file:line."""
+    text = (REPO_ROOT / "scenarios.yaml").read_text()
+    assert replace in text
+    path = tmp_path / "scenarios.yaml"
+    path.write_text(text.replace(replace, with_, 1))
+    with pytest.raises(ScenarioFileError, match=expected) as info:
+        load_program(path)
+    assert str(info.value).startswith(f"{path}:")
+
+
+def test_a_latency_bound_without_its_basis_is_refused(tmp_path: Path) -> None:
+    """Removing a latency bound's basis is an error that names the check."""
+    lines = (REPO_ROOT / "scenarios.yaml").read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.strip() == "basis: >")
+    end = start + 1
+    while lines[end].startswith(" " * (len(lines[start]) - len(lines[start].lstrip()) + 2)):
+        end += 1
+    path = tmp_path / "scenarios.yaml"
+    path.write_text("".join(lines[:start] + lines[end:]))
+    with pytest.raises(ScenarioFileError, match=r"sla\[\d+\]: a latency bound needs its basis"):
+        load_program(path)
