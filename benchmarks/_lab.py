@@ -139,6 +139,10 @@ class Lab:
         env["DRILL_STATE_DIR"] = str(self.state_dir)
         env["DRILL_PORT_OFFSET"] = str(self.config.port_offset)
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        if self.config.redis_url:
+            env["REDIS_URL"] = self.config.redis_url
+        else:
+            env.pop("REDIS_URL", None)
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
         else:
@@ -165,8 +169,10 @@ def running_lab(
     otlp_endpoint: str | None = None,
     only: list[str] | None = None,
     ready_timeout: float = 60,
+    patches: Sequence[Path] = (),
+    redis_url: str | None = None,
 ) -> Iterator[Lab]:
-    """Copy the lab (applying solutions/<solution>.patch if named), start it, stop it after.
+    """Copy the lab (applying solutions/<solution>.patch, then patches), start it, stop it after.
 
     The copy, its state and its database exist only for the duration of the block.
     """
@@ -175,7 +181,7 @@ def running_lab(
     db_name: str | None = None
     config: native.LabConfig | None = None
     try:
-        copy = copy_lab(REPO_ROOT, workdir / "lab", solution=solution)
+        copy = copy_lab(REPO_ROOT, workdir / "lab", solution=solution, patches=patches)
         database_url = None
         if backend == "Postgres":
             db_name, database_url = create_database()
@@ -185,6 +191,7 @@ def running_lab(
             port_offset=native.free_port_offset(),
             database_url=database_url,
             otlp_endpoint=otlp_endpoint,
+            redis_url=redis_url,
         )
         native.up(config, only=only, ready_timeout=ready_timeout)
         yield Lab(label, copy, config, database_url, backend)
