@@ -190,20 +190,12 @@ def collect_feed(base_url: str, truth_path: Path) -> dict[str, float]:
     return figures
 
 
-ACTED_METRIC = "drill_trigger_acted"
-
-
 def triggers_acted(base_url: str) -> Counter[str]:
-    """How often each trigger flag took its path in one service so far, from its /metrics."""
-    response = httpx.get(f"{base_url}/metrics", timeout=180, trust_env=False)
+    """How often each trigger took its path in one service so far (GET /drill/triggers)."""
+    # Generous: a service whose event loop is stalled answers once it has worked off its queue.
+    response = httpx.get(f"{base_url}/drill/triggers", timeout=180, trust_env=False)
     response.raise_for_status()
-    acted: Counter[str] = Counter()
-    for family in text_string_to_metric_families(response.text):
-        if family.name == ACTED_METRIC:
-            for sample in family.samples:
-                if sample.name == f"{ACTED_METRIC}_total":
-                    acted[sample.labels["flag"]] += int(sample.value)
-    return acted
+    return Counter({flag: sum(variants.values()) for flag, variants in response.json().items()})
 
 
 def load_acted(path: Path) -> Counter[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -36,13 +37,6 @@ FLAG_STATE_OK = Gauge(
     ["service"],
 )
 
-TRIGGER_ACTED = Counter(
-    "drill_trigger_acted",
-    "Evaluations of a trigger flag that served a variant other than off, so the code took the "
-    "trigger's path; drill verify reads it to prove that a scenario's triggers acted",
-    ["service", "flag", "variant"],
-)
-
 REVEAL_FLAG = "lab.reveal"
 
 # Poll the state file every 200 ms: a flip reaches the service well within 1 s.
@@ -68,6 +62,10 @@ class Flags:
         self._poll_ms = poll_ms
         self._domain = f"drill-{service}-{next(_domains)}"
         self._overrides: dict[str, FlagValue] = {}
+        # Evaluations of a trigger that served a variant other than off, so the code took the
+        # trigger's path: drill verify's proof that a scenario's triggers acted. Kept off
+        # /metrics on purpose: in the dark room no telemetry names a trigger.
+        self._acted: collections.Counter[tuple[str, str]] = collections.Counter()
         self._lock = threading.Lock()
         self._healthy: bool | None = None
         self._client = api.get_client(self._domain)
@@ -141,7 +139,8 @@ class Flags:
                 )
             value = self._evaluate(key, spec.default_value, ctx)
         if spec.kind == "trigger" and value != spec.default_value:
-            TRIGGER_ACTED.labels(self.service, key, spec.variant_of(value)).inc()
+            with self._lock:
+                self._acted[key, spec.variant_of(value)] += 1
             if self._revealing():
                 # Debrief only: the span says which trigger shaped this request.
                 trace.get_current_span().set_attribute(f"drill.trigger.{key}", value)
@@ -163,6 +162,15 @@ class Flags:
         return REVEAL_FLAG in self.catalog and bool(
             self._evaluate(REVEAL_FLAG, self.catalog[REVEAL_FLAG].default_value, None)
         )
+
+    def acted(self) -> dict[str, dict[str, int]]:
+        """How often each trigger took its path so far, by flag and variant."""
+        with self._lock:
+            counts = dict(self._acted)
+        acted: dict[str, dict[str, int]] = {}
+        for (key, variant), n in sorted(counts.items()):
+            acted.setdefault(key, {})[variant] = n
+        return acted
 
     def enabled(self, key: str, context: Mapping[str, Any] | None = None) -> bool:
         return bool(self.value(key, context))

@@ -11,7 +11,8 @@ import threading
 from typing import Any, TextIO
 
 from locust import events
-from prometheus_client import REGISTRY
+
+from faults import Flags
 
 
 class _Lines:
@@ -62,18 +63,23 @@ def _on_request(
     samples.write(f"{request_type}\t{name}\t{response_time:.3f}\t{0 if exception else 1}{started}")
 
 
+_tracked_flags: list[Flags] = []
+
+
+def track_flags(flags: Flags) -> None:
+    """Report what this process's own flag reads acted on (flags read by the load test)."""
+    _tracked_flags.append(flags)
+
+
 def _write_acted() -> None:
-    """Trigger flags that this process read and acted on (drill verify's proof they acted)."""
+    """Trigger flags that this process read and acted on: drill verify's proof they acted."""
     path = os.environ.get("DRILL_ACTED")
     if not path:
         return
     acted: dict[str, int] = {}
-    for family in REGISTRY.collect():
-        if family.name == "drill_trigger_acted":
-            for sample in family.samples:
-                if sample.name == "drill_trigger_acted_total":
-                    flag = sample.labels["flag"]
-                    acted[flag] = acted.get(flag, 0) + int(sample.value)
+    for flags in _tracked_flags:
+        for flag, variants in flags.acted().items():
+            acted[flag] = acted.get(flag, 0) + sum(variants.values())
     with open(path, "w") as handle:
         json.dump(acted, handle)
 

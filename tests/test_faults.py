@@ -186,22 +186,16 @@ def test_an_unknown_injection_point_is_rejected_with_the_flag(tmp_path: Path) ->
         load_catalog(bad)
 
 
-def acted(service: str, flag: str, variant: str) -> float:
-    labels = {"service": service, "flag": flag, "variant": variant}
-    return REGISTRY.get_sample_value("drill_trigger_acted_total", labels) or 0.0
-
-
 def test_only_evaluations_that_take_a_triggers_path_are_counted(
     tmp_path: Path, flags: Flags
 ) -> None:
-    """drill_trigger_acted counts a trigger's non-off evaluations per variant, never off ones."""
-    before = acted("test", "ledger.commit_latency_ms", "slow")
+    """Flags.acted counts a trigger's non-off evaluations per variant, never off ones."""
     for _ in range(3):
         flags.integer("ledger.commit_latency_ms")
-    assert acted("test", "ledger.commit_latency_ms", "slow") == before
+    assert flags.acted() == {}
     set_flags(tmp_path, CATALOG, {"ledger.commit_latency_ms": ("slow", None)})
     wait_for(lambda: flags.integer("ledger.commit_latency_ms") == 1500)
-    counted = acted("test", "ledger.commit_latency_ms", "slow")
+    counted = flags.acted()["ledger.commit_latency_ms"]["slow"]
     for _ in range(3):
         flags.integer("ledger.commit_latency_ms")
-    assert acted("test", "ledger.commit_latency_ms", "slow") == counted + 3
+    assert flags.acted() == {"ledger.commit_latency_ms": {"slow": counted + 3}}

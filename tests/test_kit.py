@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.kit.app import create_service_app
+from services.kit.app import FlagsDep, create_service_app
 from services.kit.errors import Conflict
 from services.kit.settings import ServiceSettings
 
@@ -127,3 +127,22 @@ def test_a_second_app_does_not_register_metrics_again(tmp_path: Path) -> None:
     """Building two apps in one process works: metrics are registered once."""
     make_app(tmp_path)
     make_app(tmp_path)
+
+
+@router.get("/converted")
+def converted(flags: FlagsDep) -> dict[str, bool]:
+    return {"converted": flags.enabled("ledger.fx_conversion")}
+
+
+def test_triggers_that_acted_are_evidence_for_verify_and_stay_off_metrics(tmp_path: Path) -> None:
+    """/drill/triggers counts a trigger's path per variant; /metrics never names a trigger."""
+    with TestClient(make_app(tmp_path)) as client:
+        flags = client.app.state.flags  # type: ignore[attr-defined]
+        assert client.get("/drill/triggers").json() == {}
+        with flags.override({"ledger.fx_conversion": True}):
+            for _ in range(3):
+                assert client.get("/converted").json() == {"converted": True}
+        assert client.get("/converted").json() == {"converted": False}
+        assert client.get("/drill/triggers").json() == {"ledger.fx_conversion": {"on": 3}}
+        assert "fx_conversion" not in client.get("/metrics").text
+        assert "/drill/triggers" not in client.get("/openapi.json").text

@@ -63,6 +63,13 @@ async def readyz(request: Request, response: Response) -> dict[str, str]:
     return {"status": "ok"}
 
 
+@health.get("/drill/triggers", include_in_schema=False)
+async def triggers_acted(request: Request) -> dict[str, dict[str, int]]:
+    """How often each trigger took its path in this process: evidence for drill verify only."""
+    flags: Flags = request.app.state.flags
+    return flags.acted()
+
+
 async def get_flags(request: Request) -> Flags:
     # async: a sync dependency costs a threadpool hop per request, and this one never blocks.
     flags: Flags = request.app.state.flags
