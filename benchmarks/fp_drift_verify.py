@@ -33,6 +33,8 @@ from typing import IO, Any
 
 from _lab import backend_note, header, median, percentile, print_table, running_lab
 
+from drill.machine import PIN_ENV, pinned_cpus
+
 SCENARIO = "fp-drift"
 POST_REQUEST = ("POST", "/transactions")
 # Load (60 s) + Locust's stop timeout (15 s) + settle, drain and collection, with room to spare.
@@ -73,7 +75,7 @@ def post_latencies(run_dir: Path) -> list[float]:
         return []
     values = []
     for line in samples.read_text().splitlines():
-        method, name, ms, _ok = line.split("\t")
+        method, name, ms, _ok, *_started = line.split("\t")
         if (method, name) == POST_REQUEST:
             values.append(float(ms))
     return values
@@ -157,6 +159,8 @@ def row(outcome: Outcome) -> list[object]:
         count(f.get("ledger.payments", math.nan)),
         f.get("ledger.balance_drift", math.nan),
         count(f.get("ledger.duplicate_postings", math.nan)),
+        count(f.get("ledger.misbooked_postings", math.nan)),
+        count(f.get("ledger.retried_payments", math.nan)),
         count(f.get("ledger.unconfirmed_payments", math.nan)),
         outcome.post_p50,
         outcome.post_p95,
@@ -171,6 +175,8 @@ HEADERS = [
     "payments",
     "balance_drift",
     "duplicate_postings",
+    "misbooked",
+    "retried",
     "unconfirmed",
     "POST p50 ms",
     "POST p95 ms",
@@ -182,23 +188,33 @@ HEADERS = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="runs per direction (default 1)")
+    parser.add_argument(
+        "--direction",
+        action="append",
+        choices=[d.name for d in DIRECTIONS],
+        help="run only this direction (repeatable; default all)",
+    )
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    directions = [d for d in DIRECTIONS if not args.direction or d.name in args.direction]
     backend = backend_note()
     header(
-        f"drill verify {SCENARIO}, full scenario duration, three directions",
+        f"drill verify {SCENARIO}, full scenario duration, {len(directions)} direction(s)",
         [
             f"path: native lab, {backend}; one lab copy, database and port offset per run; "
             "Locust as drill verify starts it; loopback",
             f"{args.repeat} run(s) per direction; POST percentiles from the raw samples",
+            f"slow-machine mode ({PIN_ENV}): {pinned_cpus() or 'off'}",
+            "load average (1, 5, 15 min) at start: "
+            + " ".join(f"{n:.2f}" for n in os.getloadavg()),
         ],
     )
-    outcomes: dict[str, list[Outcome]] = {d.name: [] for d in DIRECTIONS}
+    outcomes: dict[str, list[Outcome]] = {d.name: [] for d in directions}
     for attempt in range(args.repeat):
         if args.repeat > 1:
             print(f"-- run {attempt + 1}/{args.repeat}")
-        for direction in DIRECTIONS:
+        for direction in directions:
             outcome = run_direction(direction, backend)
             outcomes[direction.name].append(outcome)
             print(
@@ -217,6 +233,8 @@ def main() -> int:
                 "ledger.payments",
                 "ledger.balance_drift",
                 "ledger.duplicate_postings",
+                "ledger.misbooked_postings",
+                "ledger.retried_payments",
                 "ledger.unconfirmed_payments",
             )
             rows.append(
@@ -235,7 +253,7 @@ def main() -> int:
         print_table(HEADERS, rows)
     print()
     verdicts = []
-    for direction in DIRECTIONS:
+    for direction in directions:
         runs = outcomes[direction.name]
         as_expected = all(o.exit_code == direction.expect for o in runs)
         cross = all(math.isnan(o.check_p95) or math.isclose(o.check_p95, o.post_p95) for o in runs)

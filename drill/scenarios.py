@@ -37,6 +37,8 @@ SERVICE_FIGURES = frozenset(
         "ledger.duplicate_postings",
         "ledger.unconfirmed_payments",
         "ledger.payments",
+        "ledger.misbooked_postings",
+        "ledger.retried_payments",
         "chain.orders_after_load",
         "feed.timeline_requests",
         "feed.db_queries_per_request_max",

@@ -15,7 +15,11 @@ from recorder import RUN_ID, record_truth
 
 # Weighted like a European merchant's traffic; JPY has no minor unit.
 CURRENCIES = (("USD", 40), ("EUR", 25), ("GBP", 15), ("CHF", 10), ("JPY", 10))
-ACCOUNTS_PER_RUN = 8
+# Spread over many accounts, as a merchant's customers are: the shipped ledger re-reads an
+# account's postings on each POST, and with 8 accounts that re-read grew all run long (the clean
+# baseline's p95 rose with every second). At some 50 payments a second, 200 accounts hold about
+# 15 postings each after 60 s.
+ACCOUNTS_PER_RUN = 200
 # Short attempts, then one long attempt to learn the outcome, as payment SDKs do.
 ATTEMPT_TIMEOUTS_S = (1.0, 1.0, 1.0, 10.0)
 
@@ -35,11 +39,18 @@ def random_payment(rng: random.Random) -> dict[str, str]:
 
 
 class PaymentClient(HttpUser):
-    """Posts payments and reads balances; records every confirmed payment as ground truth."""
+    """Posts payments and reads balances; records every payment it sent as ground truth.
+
+    The record holds only what the client knows on its own (the payment, its key, how many
+    attempts it took and how it ended), never what the ledger answered: a checker that trusted
+    the reply's currency or rate would accept any booking the ledger chose to make.
+    """
 
     # The Locust web UI (compose) starts with this host; `drill verify` passes --host.
     host = os.environ.get("LEDGER_URL", "http://127.0.0.1:8001")
-    wait_time = between(0.05, 0.25)
+    # About 50 payments a second from 20 clients: at twice that, one pinned core (the slowest
+    # machine) queued requests and the clean baseline's POST p95 reached 100-146 ms.
+    wait_time = between(0.1, 0.5)
 
     def on_start(self) -> None:
         self.rng = random.Random()
@@ -48,7 +59,7 @@ class PaymentClient(HttpUser):
     def pay(self) -> None:
         payment = random_payment(self.rng)
         key = uuid.uuid4().hex
-        outcome, reply, attempts = "unknown", None, 0
+        outcome, attempts = "unknown", 0
         for timeout in ATTEMPT_TIMEOUTS_S:
             attempts += 1
             with self.client.post(
@@ -65,7 +76,7 @@ class PaymentClient(HttpUser):
                     if body.get("amount_received") != payment["amount"]:
                         response.failure(f"posting echoes amount {body.get('amount_received')}")
                         break
-                    outcome, reply = "accepted", body
+                    outcome = "accepted"
                     break
                 if 400 <= status < 500 and status not in (408, 409, 429):
                     response.failure(f"rejected with {status}: {response.text[:200]}")
@@ -73,9 +84,6 @@ class PaymentClient(HttpUser):
                     break
                 response.failure(f"status {status or 'timeout'}; retrying with the same key")
         entry: dict[str, Any] = {"key": key, "outcome": outcome, "attempts": attempts, **payment}
-        if reply is not None:
-            entry["booked_currency"] = reply["currency"]
-            entry["fx_rate"] = reply["fx_rate"]
         record_truth(entry)
 
     @task(1)

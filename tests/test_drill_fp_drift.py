@@ -1,7 +1,8 @@
-"""fp-drift in both directions, through the real `drill` CLI against a native lab on Postgres.
+"""fp-drift in four directions, through the real `drill` CLI against a native lab on Postgres.
 
 Shipped code with the triggers on must fail `drill verify`; the reference fix must pass with
-the triggers still on; the shipped code with every trigger off must pass (the clean baseline).
+the triggers still on; the shipped code with every trigger off must pass (the clean baseline);
+every shortcut under tests/shortcuts/ (a feature switched off instead of a fix) must fail.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 # Long enough for well over 1,000 payments at 20 users, short enough for CI.
 VERIFY_SECONDS = "25"
+SHORTCUTS = REPO_ROOT / "tests" / "shortcuts"
+FX_ACTED = "trigger.ledger.fx_conversion.acted"
+COMMIT_ACTED = "trigger.ledger.commit_latency_ms.acted"
 
 
 @pytest.fixture
@@ -28,8 +32,13 @@ def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
     """Start the ledger from a tree (patched or not) with its own database; stop it after."""
     started: list[tuple[Path, dict[str, str]]] = []
 
-    def start(patch: str | None = None, sqlite: bool = False) -> tuple[Path, dict[str, str]]:
-        root = copy_lab(REPO_ROOT, tmp_path / f"tree-{len(started)}", solution=patch)
+    def start(
+        patch: str | None = None, sqlite: bool = False, shortcut: str | None = None
+    ) -> tuple[Path, dict[str, str]]:
+        patches = [SHORTCUTS / f"fp-drift-{shortcut}.patch"] if shortcut else []
+        root = copy_lab(
+            REPO_ROOT, tmp_path / f"tree-{len(started)}", solution=patch, patches=patches
+        )
         database_url = None
         if not sqlite:
             postgres_url = request.getfixturevalue("postgres_url")
@@ -62,6 +71,10 @@ def test_shipped_code_with_triggers_fails(lab) -> None:  # type: ignore[no-untyp
     assert result["figures"]["ledger.duplicate_postings"] > 0
     assert not check_results(result)["ledger.balance_drift"]
     assert not check_results(result)["ledger.duplicate_postings"]
+    # It fails on the defects, not because the triggers missed: both acted, clients retried.
+    assert check_results(result)[FX_ACTED]
+    assert check_results(result)[COMMIT_ACTED]
+    assert check_results(result)["ledger.retried_payments"]
     flags = json.loads((root / ".drill" / "flags.json").read_text())["flags"]
     assert flags["ledger.fx_conversion"]["defaultVariant"] == "off", "verify restores the flags"
 
@@ -73,7 +86,25 @@ def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-
     assert code == 0, explain(result)
     assert result["figures"]["ledger.balance_drift"] == 0
     assert result["figures"]["ledger.duplicate_postings"] == 0
+    assert result["figures"]["ledger.misbooked_postings"] == 0
     assert result["figures"]["ledger.payments"] >= 1000
+    assert result["figures"]["ledger.retried_payments"] > 0
+    assert check_results(result)[FX_ACTED] and check_results(result)[COMMIT_ACTED]
+
+
+def test_shortcut_dropping_conversion_fails(lab) -> None:  # type: ignore[no-untyped-def]
+    """Reference fix minus FX conversion (every payment booked in its own currency): verify
+    fails, naming the misbooked postings and the conversion trigger that never acted."""
+    root, env = lab(patch="fp-drift", shortcut="drop-conversion")
+    code, result = verify(root, env)
+    assert code == 1, explain(result)
+    checks = check_results(result)
+    assert not checks["ledger.misbooked_postings"], explain(result)
+    assert not checks["ledger.balance_drift"], explain(result)
+    assert not checks[FX_ACTED], explain(result)
+    # Everything else of the fix still holds: the verdict names what the shortcut broke.
+    assert result["figures"]["ledger.duplicate_postings"] == 0
+    assert checks[COMMIT_ACTED]
 
 
 def test_shipped_code_passes_the_clean_baseline(lab) -> None:  # type: ignore[no-untyped-def]
@@ -82,6 +113,7 @@ def test_shipped_code_passes_the_clean_baseline(lab) -> None:  # type: ignore[no
     code, result = verify(root, env, "--baseline")
     assert code == 0, explain(result)
     assert result["baseline"] is True
+    assert result["figures"]["ledger.misbooked_postings"] == 0
 
 
 def test_sqlite_lab_smoke(lab) -> None:  # type: ignore[no-untyped-def]

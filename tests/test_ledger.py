@@ -255,3 +255,77 @@ def test_readyz_reports_an_unreachable_database(tmp_path: Path) -> None:
     assert response.status_code == 503
     assert response.json()["detail"].startswith("database:")
     assert client.get("/healthz").status_code == 200
+
+
+# The judge's ledger checks (drill/collectors.py) against the real ledger: they must compute
+# every booking from what the client sent, never from what the ledger answered.
+
+
+def sent_payments(
+    client: TestClient, amounts: list[tuple[str, str]], account_id: str | None = None
+) -> list[dict]:
+    """Post payments as the load test does and keep its record: the payment, key, outcome."""
+    records = []
+    for amount, currency in amounts:
+        key = uuid.uuid4().hex
+        body = payment(account_id or account(), amount, currency)
+        reply = client.post("/transactions", json=body, headers={"Idempotency-Key": key})
+        assert reply.status_code == 201
+        records.append({"key": key, "outcome": "accepted", "attempts": 1, **body})
+    return records
+
+
+MIXED = [("12.34", "EUR"), ("100.00", "USD"), ("5000", "JPY"), ("0.99", "GBP")]
+
+
+def test_checker_counts_payments_left_in_their_own_currency_as_misbooked(
+    client: TestClient,
+) -> None:
+    """A ledger that books non-USD payments in their own currency while conversion was on fails
+    the misbooked and drift checks, though every reply it gave looked well formed."""
+    from drill.collectors import ledger_figures
+
+    records = sent_payments(client, MIXED)
+    assert ledger_figures(client, records, lambda account: False)["ledger.misbooked_postings"] == 0
+    figures = ledger_figures(client, records, lambda account: True)
+    assert figures["ledger.misbooked_postings"] == 3
+    assert figures["ledger.balance_drift"] > 0
+    assert figures["ledger.duplicate_postings"] == 0
+
+
+def test_checker_holds_the_ledger_to_the_reference_rate_rounded_half_even(
+    client: TestClient,
+) -> None:
+    """Converted postings must equal amount times the checker's own reference rate, half-even to
+    the cent: 12.34 EUR is 13.37 USD, and the shipped float ledger's balance drifts from it."""
+    from drill.collectors import expected_booking, ledger_figures
+
+    with client.app.state.flags.override({"ledger.fx_conversion": True}):  # type: ignore[attr-defined]
+        records = sent_payments(client, [*MIXED, ("1.15", "EUR")] * 3, account())
+    booking = expected_booking(records[0], convert=True)
+    assert (booking.currency, booking.amount) == ("USD", Decimal("13.37"))
+    figures = ledger_figures(client, records, lambda account: True)
+    assert figures["ledger.misbooked_postings"] == 0
+    assert figures["ledger.payments"] == len(records)
+    # 1.15 EUR is 1.246255 USD, booked 1.25; the shipped ledger sums the unrounded floats.
+    assert figures["ledger.balance_drift"] > 0
+
+
+def test_checker_decides_a_share_of_accounts_as_the_ledger_does(tmp_path: Path) -> None:
+    """With conversion on for half the accounts, the checker's rule names exactly the accounts
+    whose payments the ledger converted (flagd's fractional, keyed by account)."""
+    from drill.collectors import conversion_rule
+    from faults import load_catalog, set_flags
+
+    set_flags(tmp_path, load_catalog(), {"ledger.fx_conversion": ("on", 50)}, reset_others=True)
+    converts = conversion_rule(tmp_path / "flags.json")
+    settings = LedgerSettings(state_dir=tmp_path, audit_interval_s=60)
+    with TestClient(create_app(settings)) as client:
+        records = sent_payments(client, [("1.00", "EUR")] * 40)
+        booked = {
+            r["account_id"]: client.get(f"/accounts/{r['account_id']}/transactions").json()
+            for r in records
+        }
+    converted = {a for a, page in booked.items() if page["data"][0]["currency"] == "USD"}
+    assert 0 < len(converted) < 40
+    assert converted == {a for a in booked if converts(a)}
