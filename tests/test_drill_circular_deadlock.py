@@ -18,6 +18,7 @@ import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from drill.collectors import read_truth
 from drill.solutions import copy_lab
 from drill.verify import percentile, read_samples
 from tests.conftest import REPO_ROOT
@@ -144,7 +145,7 @@ def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-
     assert figures["chain.held_orders_confirmed"] == 0
     assert figures["chain.orders_not_held_once"] == 0
     assert figures["chain.total_mismatches"] == 0
-    truth = [json.loads(line) for line in (Path(result["run_dir"]) / "truth.jsonl").open()]
+    truth = read_truth(Path(result["run_dir"]) / "truth.jsonl")
     held = [r for r in truth if r["event"] == "sent" and r["customer_id"].startswith("hold-")]
     assert len(held) >= 10, "the load includes customers on hold"
     # The C→A check still happens, off the request path: chain-c calls chain-a.
@@ -306,11 +307,8 @@ def test_reference_fix_sheds_load_at_twice_the_concurrency(lab) -> None:  # type
         "chain.orders_not_held_once",
     ):
         assert figures[figure] == 0, f"{figure}: {explain(result)}"
-    answers = [
-        json.loads(line)
-        for line in (Path(result["run_dir"]) / "truth.jsonl").open()
-        if '"answered"' in line
-    ]
+    truth = read_truth(Path(result["run_dir"]) / "truth.jsonl")
+    answers = [record for record in truth if record["event"] == "answered"]
     taken = sorted(a["ms"] for a in answers if a["http_status"] in (201, 409))
     refused = sorted(a["ms"] for a in answers if a["http_status"] == 503)
     assert len(taken) + len(refused) == len(answers), "every order was taken or refused"
