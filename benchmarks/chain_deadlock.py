@@ -6,11 +6,14 @@ before every run, under the scenario's Locust load. chain-a's completed orders a
 the first request of the load. A run counts as deadlocked when no order completes for 5 s
 while orders are still in flight; the chain is then stopped and started again.
 
-Part 2 (before/after): `drill verify circular-deadlock` at full length in three directions
-(shipped + triggers, patched + triggers, shipped --baseline), with the CPU time the three
-services and Locust used, read from /proc.
+Part 2 (before/after): `drill verify circular-deadlock` at full length in four directions
+(shipped + triggers, patched + triggers, shipped --baseline, and patched + triggers at twice the
+concurrency with bursty arrivals: 32 shoppers who all order at the same instant each second),
+with the CPU time the three services and Locust used, read from /proc. For the bursty run it
+prints how fast the taken orders (201, 409) and the refused ones (503) were answered.
 
 Run: .venv/bin/python benchmarks/chain_deadlock.py [--runs 10] [--skip-verify]
+Slow-machine mode: DRILL_PIN_CPUS=0 (the lab and Locust on one CPU).
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from _lab import header, median, print_table, running_lab
+from _lab import header, median, percentile, print_table, running_lab
 
-from drill import native
+from drill import machine, native
 from faults import load_catalog, reset_flags, set_flags
 
 SCENARIO = "circular-deadlock"
@@ -105,6 +108,7 @@ class Verified:
     code: int
     figures: dict[str, float]
     cpu_s: dict[str, float]
+    answers: list[dict[str, float]]
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -128,14 +132,24 @@ def _locust_pids(root: Path) -> list[int]:
     return pids
 
 
-def verify(direction: str, solution: str | None, baseline: bool, seconds: float | None) -> Verified:
+def verify(
+    direction: str,
+    solution: str | None,
+    baseline: bool,
+    seconds: float | None,
+    users: int | None = None,
+    arrivals: str | None = None,
+) -> Verified:
     with running_lab(solution, backend="SQLite", only=CHAIN) as lab:
         env = lab.env()
+        if arrivals:
+            env["CHAIN_ARRIVALS"] = arrivals
         result_path = lab.copy / "result.json"
         command = [
             sys.executable, "-m", "drill.cli", "verify", SCENARIO, "--json", str(result_path),
             "--root", str(lab.copy), *(["--baseline"] if baseline else []),
             *(["--duration", str(seconds)] if seconds else []),
+            *(["--users", str(users)] if users else []),
         ]  # fmt: skip
         services = {
             status.name: status.pid
@@ -153,8 +167,14 @@ def verify(direction: str, solution: str | None, baseline: bool, seconds: float 
             time.sleep(0.5)
         cpu = {name: (_cpu_seconds(pid) or 0.0) - before[name] for name, pid in services.items()}
         cpu["locust"] = sum(locust_cpu.values())
-        figures = json.loads(result_path.read_text())["figures"] if result_path.exists() else {}
-        return Verified(direction, process.returncode, figures, cpu)
+        result = json.loads(result_path.read_text()) if result_path.exists() else {}
+        answers = []
+        if result:
+            truth = Path(result["run_dir"]) / "truth.jsonl"
+            answers = [
+                json.loads(line) for line in truth.read_text().splitlines() if '"answered"' in line
+            ]
+        return Verified(direction, process.returncode, result.get("figures", {}), cpu, answers)
 
 
 def main() -> None:
@@ -167,7 +187,8 @@ def main() -> None:
     header(
         "chain drill: circular-deadlock",
         [
-            f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}",
+            f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, "
+            f"pinned to CPUs: {machine.pinned_cpus() or 'no'}",
             "load: 16 Locust users, spawn rate 4/s, triggers chain.fraud_callback=on, "
             "chain.b_latency_ms=slow",
         ],
@@ -201,12 +222,13 @@ def main() -> None:
         print()
     if not args.skip_verify:
         rows = []
-        for direction, solution, baseline in (
-            ("shipped + triggers", None, False),
-            ("patched + triggers", SCENARIO, False),
-            ("shipped, baseline", None, True),
+        for direction, solution, baseline, users, arrivals in (
+            ("shipped + triggers", None, False, None, None),
+            ("patched + triggers", SCENARIO, False, None, None),
+            ("shipped, baseline", None, True, None, None),
+            ("patched, 32 bursty users", SCENARIO, False, 32, "bursty"),
         ):
-            outcome = verify(direction, solution, baseline, args.duration)
+            outcome = verify(direction, solution, baseline, args.duration, users, arrivals)
             figures = outcome.figures
             seconds = figures.get("requests", 0) / figures.get("throughput_rps", 1) or 1
             total_cpu = sum(outcome.cpu_s.values())
@@ -223,6 +245,16 @@ def main() -> None:
                 )
             )
             print(f"{direction}: CPU seconds {json.dumps(outcome.cpu_s)}", flush=True)
+            if arrivals:
+                taken = [a["ms"] for a in outcome.answers if a["http_status"] in (201, 409)]
+                refused = [a["ms"] for a in outcome.answers if a["http_status"] == 503]
+                print(
+                    f"{direction}: {len(taken)} taken, p99 {percentile(taken, 0.99):.0f} ms; "
+                    f"{len(refused)} refused with 503, p99 {percentile(refused, 0.99):.0f} ms; "
+                    f"hung {figures.get('hung_requests')}, load average "
+                    f"{os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
         print()
         print_table(
             ["direction", "exit", "orders", "success", "orders/s", "p99 ms", "max ms", "cores"],

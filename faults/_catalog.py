@@ -10,8 +10,8 @@ from typing import Any
 FlagValue = bool | int | float | str
 
 CATALOG_PATH = Path(__file__).with_name("flags.json")
-# Where services.kit can inject an environmental condition that a flag sets.
-INJECTION_POINTS = ("db.commit", "db.statement")
+# Where services.kit (or an adapter such as the tax-store client) injects a flag's condition.
+INJECTION_POINTS = ("db.commit", "db.statement", "tax.lookup")
 
 
 class CatalogError(ValueError):
@@ -29,7 +29,8 @@ class FlagSpec:
     service: str
     kind: str
     # Environmental conditions the kit injects around the service's code, never inside it:
-    # "db.commit" (latency after each commit that wrote) or "db.statement" (before each one).
+    # "db.commit" (latency after each commit that wrote), "db.statement" (before each one), or
+    # "tax.lookup" (each VAT rate lookup of chain-b's tax-store client, services/chain/tax.py).
     injects: str | None = None
 
     @property

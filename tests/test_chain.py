@@ -26,9 +26,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import faults
+from drill.collectors import collect_chain, collect_stock
 from services.chain.app import create_app
 from services.chain.settings import ChainSettings
 from services.kit.logs import JsonFormatter
+from tests.polling import poll_until
 
 ROLES = {"chain-a": "a", "chain-b": "b", "chain-c": "c"}
 ORDER = {"customer_id": "cust-7", "lines": [{"sku": "TEA-SENCHA", "quantity": 2}]}
@@ -96,10 +98,14 @@ def chain(tmp_path: Path) -> Iterator[Chain]:
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         servers.append((server, thread))
-    deadline = time.monotonic() + 10
-    while not all(server.started for server, _ in servers):
-        assert time.monotonic() < deadline, "chain servers did not start"
-        time.sleep(0.02)
+
+    def started() -> None:
+        waiting = [
+            name for name, (server, _) in zip(ROLES, servers, strict=True) if not server.started
+        ]
+        assert not waiting, f"{', '.join(waiting)} serving"
+
+    poll_until(started, "the chain servers start", timeout=30, interval=0.02)
     logs = _Lines()
     logging.getLogger().addHandler(logs)
     try:
@@ -131,7 +137,7 @@ def test_an_order_is_priced_and_reserved(chain: Chain) -> None:
     body = response.json()
     assert body["status"] == "confirmed"
     assert body["customer_id"] == "cust-7"
-    assert body["total"] == "16.40"
+    assert body["total"] == "17.55"  # 16.40 net + 7% VAT (1.148, to the cent)
     assert body["currency"] == "EUR"
     assert body["reservation_id"]
 
@@ -140,7 +146,7 @@ def test_a_single_order_completes_with_the_callback_on(callback_on: Chain) -> No
     """An idle chain with the fraud callback closes the cycle A→B→C→A and still answers."""
     response = _post_order(callback_on)
     assert response.status_code == 201, response.text
-    assert response.json()["total"] == "16.40"
+    assert response.json()["total"] == "17.55"
 
 
 def test_customer_on_hold_is_refused(callback_on: Chain) -> None:
@@ -195,19 +201,24 @@ def test_one_trace_shows_the_cycle_and_its_id_is_in_every_log(callback_on: Chain
     assert response.status_code == 201
     trace_hex = response.headers["x-trace-id"]
     trace_id = int(trace_hex, 16)
-    deadline = time.monotonic() + 5
     expected = [
         ("chain-a", "POST /orders"),
         ("chain-b", "POST /quotes"),
         ("chain-c", "POST /reservations"),
         ("chain-a", "GET /customers/{customer_id}/check"),
     ]
-    while time.monotonic() < deadline:
+
+    def all_four() -> tuple[ReadableSpan, ...]:
+        # A server span is finished after its response went out: the order's comes last.
         spans = callback_on.exporter.get_finished_spans()
-        if len(_server_spans(spans, trace_id)) >= 4:
-            break
-        time.sleep(0.05)
-    assert _server_spans(spans, trace_id) == expected
+        assert _server_spans(spans, trace_id) == expected, _server_spans(spans, trace_id)
+        logged = {
+            line["service"] for line in callback_on.logs.lines if line["trace_id"] == trace_hex
+        }
+        assert logged == {"chain-a", "chain-b", "chain-c"}, f"log lines only from {logged}"
+        return spans
+
+    spans = poll_until(all_four, "the order's four server spans and log lines", timeout=30)
     # Each hop's server span descends from the one before it: one path, not four traces.
     by_id = {s.context.span_id: s for s in spans if s.context is not None}
     check = next(
@@ -221,8 +232,6 @@ def test_one_trace_shows_the_cycle_and_its_id_is_in_every_log(callback_on: Chain
         if span is not None and span.kind.name == "SERVER":
             ancestors.append(str(span.resource.attributes["service.name"]))
     assert ancestors == ["chain-c", "chain-b", "chain-a"]
-    logged = {line["service"] for line in callback_on.logs.lines if line["trace_id"] == trace_hex}
-    assert logged == {"chain-a", "chain-b", "chain-c"}
 
 
 def test_metrics_show_the_worker_pool_and_the_service_map(chain: Chain) -> None:
@@ -233,3 +242,74 @@ def test_metrics_show_the_worker_pool_and_the_service_map(chain: Chain) -> None:
     assert 'chain_workers{service="chain-b"} 8.0' in text
     assert 'chain_workers_busy{service="chain-b"}' in text
     assert 'http_client_requests_total{method="POST",peer="chain-c",route="/reservations",' in text
+
+
+def test_the_total_includes_vat_from_the_tax_store(chain: Chain) -> None:
+    """Tea at the reduced rate, a kettle at the standard rate: VAT per line, to the cent."""
+    order = {
+        "customer_id": "cust-3",
+        "lines": [{"sku": "TEA-EARL-GREY", "quantity": 3}, {"sku": "KETTLE-STEEL", "quantity": 1}],
+    }
+    body = _post_order(chain, order).json()
+    # 19.50 net at 7% is 1.365 -> 1.36 (half-even); 39.90 at 19% is 7.581 -> 7.58.
+    assert body["tax"] == "8.94"
+    assert body["total"] == "68.34"
+
+
+def test_the_tax_lookup_takes_the_stores_latency(chain: Chain) -> None:
+    """chain.b_latency_ms slows pricing's tax lookup, and the lookup is a span of its own."""
+    with chain.flags({"chain.b_latency_ms": 150}):
+        started = time.perf_counter()
+        response = _post_order(chain)
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 201
+    assert elapsed >= 0.15
+    lookups = [s for s in chain.exporter.get_finished_spans() if s.name == "tax rates lookup"]
+    assert lookups and (lookups[-1].end_time or 0) - (lookups[-1].start_time or 0) >= 150e6
+
+
+def test_stock_tells_what_an_order_holds(chain: Chain) -> None:
+    """chain-c answers which reservations an order holds; an unknown order holds none."""
+    order_id = _post_order(chain).json()["order_id"]
+    with httpx.Client(base_url=chain.urls["chain-c"], timeout=5, trust_env=False) as client:
+        held = client.get("/reservations", params={"order_id": [order_id, "no-such-order"]})
+    assert held.status_code == 200
+    assert [(r["order_id"], r["status"], r["units"]) for r in held.json()["data"]] == [
+        (order_id, "held", 2)
+    ]
+
+
+def _shop(chain: Chain, truth: Path, orders: list[dict[str, object]], totals: list[str]) -> None:
+    """Place orders as the Shopper does and write its ground truth lines."""
+    records: list[dict[str, object]] = []
+    for index, (order, total) in enumerate(zip(orders, totals, strict=True)):
+        ref = f"ref-{index}"
+        records.append({"ref": ref, "event": "sent", "at": time.time() - 60, **order,
+                        "expected_total": total})  # fmt: skip
+        response = _post_order(chain, order)
+        body = response.json()
+        records.append({"ref": ref, "event": "answered", "http_status": response.status_code,
+                        "order_id": body.get("order_id"), "status": body.get("status"),
+                        "total": body.get("total")})  # fmt: skip
+    records.append({"ref": "ref-lost", "event": "sent", "at": time.time() - 60, **orders[0],
+                    "expected_total": totals[0]})  # fmt: skip
+    records.append({"event": "stopping", "at": time.time()})
+    truth.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_collectors_judge_from_what_the_shopper_sent(chain: Chain, tmp_path: Path) -> None:
+    """With the callback off a customer on hold is confirmed, a total the shopper's price list
+    disagrees with is a mismatch, and an order sent a minute before the end and never answered
+    is unanswered; each confirmed order holds its stock once."""
+    truth = tmp_path / "truth.jsonl"
+    held = {**ORDER, "customer_id": "hold-9"}
+    # 17.55 is right for two Sencha; the shopper's own list says 17.56 for the second order.
+    _shop(chain, truth, [ORDER, held, ORDER], ["17.55", "17.55", "17.56"])
+    front = collect_chain(chain.urls["chain-a"], truth)
+    assert front["chain.total_mismatches"] == 1
+    assert front["chain.unanswered_orders"] == 1
+    assert front["chain.orders_after_load"] == 1
+    stock = collect_stock(chain.urls["chain-c"], truth)
+    assert stock["chain.held_orders_confirmed"] == 1
+    assert stock["chain.confirmed_orders"] == 3
+    assert stock["chain.orders_not_held_once"] == 0

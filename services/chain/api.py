@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from decimal import Decimal
+from collections.abc import Mapping, Sequence
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated
 
 import httpx
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from services.chain.models import (
     ID_PATTERN,
     PRICE_LIST_CENTS,
+    TAX_CLASS,
     CustomerCheckPublic,
+    Line,
     OrderCreate,
     OrderPublic,
     QuoteCreate,
     QuotePublic,
     ReservationCreate,
     ReservationPublic,
+    ReservationsPublic,
 )
 from services.kit.app import FlagsDep
 from services.kit.errors import Conflict, DomainError
@@ -33,7 +36,9 @@ pricing = APIRouter(tags=["pricing"])
 stock = APIRouter(tags=["stock"])
 
 CustomerPath = Annotated[str, Path(pattern=ID_PATTERN)]
+OrderIdsQuery = Annotated[list[str], Query(alias="order_id", min_length=1, max_length=200)]
 CURRENCY = "EUR"
+CENT = Decimal("0.01")
 
 
 class DownstreamError(DomainError):
@@ -89,6 +94,7 @@ def place_order(body: OrderCreate, request: Request) -> OrderPublic:
         customer_id=body.customer_id,
         status="confirmed",
         total=quote.total,
+        tax=quote.tax,
         currency=quote.currency,
         reservation_id=quote.reservation.reservation_id,
     )
@@ -100,6 +106,16 @@ def check_customer(customer_id: CustomerPath) -> CustomerCheckPublic:
     return CustomerCheckPublic(customer_id=customer_id, approved=not customer_id.startswith("hold"))
 
 
+def price(lines: Sequence[Line], rates: Mapping[str, Decimal]) -> tuple[Decimal, Decimal]:
+    """Net and VAT of an order: VAT per line at its class's rate, half-even to the cent."""
+    net = tax = Decimal(0)
+    for line in lines:
+        line_net = Decimal(PRICE_LIST_CENTS[line.sku] * line.quantity).scaleb(-2)
+        net += line_net
+        tax += (line_net * rates[TAX_CLASS[line.sku]]).quantize(CENT, rounding=ROUND_HALF_EVEN)
+    return net, tax
+
+
 @pricing.post("/quotes")
 def quote(body: QuoteCreate, request: Request, flags: FlagsDep) -> QuotePublic:
     """Price an order from the price list and reserve its stock."""
@@ -107,11 +123,8 @@ def quote(body: QuoteCreate, request: Request, flags: FlagsDep) -> QuotePublic:
     unknown = sorted({line.sku for line in body.lines} - set(PRICE_LIST_CENTS))
     if unknown:
         raise DomainError(f"no price for {', '.join(unknown)}")
-    # The regional tax table lives in a slow store; the flag stands in for its lookup time.
-    lookup_ms = flags.integer("chain.b_latency_ms", {"targetingKey": body.order_id})
-    if lookup_ms:
-        time.sleep(lookup_ms / 1000)
-    cents = sum(PRICE_LIST_CENTS[line.sku] * line.quantity for line in body.lines)
+    rates = state.tax.rates({TAX_CLASS[line.sku] for line in body.lines}, key=body.order_id)
+    net, tax = price(body.lines, rates)
     reservation_request = ReservationCreate(
         order_id=body.order_id, customer_id=body.customer_id, lines=body.lines
     )
@@ -123,7 +136,9 @@ def quote(body: QuoteCreate, request: Request, flags: FlagsDep) -> QuotePublic:
     _raise_for_downstream(response, "stock")
     return QuotePublic(
         order_id=body.order_id,
-        total=Decimal(cents).scaleb(-2),
+        net=net,
+        tax=tax,
+        total=net + tax,
         currency=CURRENCY,
         reservation=ReservationPublic.model_validate(response.json()),
     )
@@ -141,9 +156,19 @@ def reserve(body: ReservationCreate, request: Request, flags: FlagsDep) -> Reser
         _raise_for_downstream(response, "customer check")
         if not CustomerCheckPublic.model_validate(response.json()).approved:
             raise Conflict(f"customer {body.customer_id} is on hold")
-    return ReservationPublic(
+    reservation = ReservationPublic(
         reservation_id=uuid.uuid4().hex[:16],
         order_id=body.order_id,
         status="held",
         units=sum(line.quantity for line in body.lines),
     )
+    state.stock_book.add(reservation)
+    return reservation
+
+
+# async: the stock book answers from memory, even when every worker waits on a peer.
+@stock.get("/reservations")
+async def reservations(order_ids: OrderIdsQuery, request: Request) -> ReservationsPublic:
+    """The reservations the given orders hold (repeat order_id for several orders)."""
+    book = request.app.state.stock_book
+    return ReservationsPublic(data=[r for order_id in order_ids for r in book.of(order_id)])

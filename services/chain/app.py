@@ -9,6 +9,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from services.chain import api
 from services.chain.metrics import WORKERS, WORKERS_BUSY
 from services.chain.settings import ChainSettings
+from services.chain.stock import StockBook
+from services.chain.tax import TaxRates
 from services.kit.app import create_service_app
 from services.kit.http import create_client
 
@@ -43,6 +45,8 @@ def create_app(
         )
         setattr(app.state, attribute, client)
         app.state.peer_client = client
+        app.state.tax = TaxRates(app.state.flags, app.state.tracer_provider)
+        app.state.stock_book = StockBook()
 
     def stop(app: FastAPI) -> None:
         app.state.peer_client.close()

@@ -18,6 +18,14 @@ PRICE_LIST_CENTS = {
     "KETTLE-STEEL": 3990,
     "INFUSER-MESH": 390,
 }
+# Each product's VAT class; the rate of a class comes from the regional tax store (tax.py).
+TAX_CLASS = {
+    "TEA-EARL-GREY": "reduced",
+    "TEA-SENCHA": "reduced",
+    "MUG-STONEWARE": "standard",
+    "KETTLE-STEEL": "standard",
+    "INFUSER-MESH": "standard",
+}
 
 
 class Line(BaseModel):
@@ -62,8 +70,14 @@ class ReservationPublic(BaseModel):
     units: int
 
 
+class ReservationsPublic(BaseModel):
+    data: list[ReservationPublic]
+
+
 class QuotePublic(BaseModel):
     order_id: str
+    net: Decimal
+    tax: Decimal
     total: Decimal
     currency: str
     reservation: ReservationPublic
@@ -74,5 +88,6 @@ class OrderPublic(BaseModel):
     customer_id: str
     status: Literal["confirmed", "pending"]
     total: Decimal | None
+    tax: Decimal | None
     currency: str
     reservation_id: str | None
