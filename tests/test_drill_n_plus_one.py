@@ -4,7 +4,8 @@ Shipped code with the triggers on must fail `drill verify n-plus-one`, with p95 
 the scenario's bound; the reference fix must pass with the triggers still on (its cache in
 Redis); the shipped code with every trigger off must pass (the clean baseline); and each
 shortcut under tests/shortcuts/ (the fix without author profiles, or with a cache that never
-refreshes) must fail on the business rule it breaks, not on speed.
+refreshes) must fail on the business rule it breaks, not on speed. At twice the readers the
+fix stays correct, and every timeline is answered or refused at once; none hangs.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def results(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
             "shipped": run("shipped", None, False, "--duration", SHIPPED_SECONDS),
             "patched": run("patched", "n-plus-one", True, "--duration", PATCHED_SECONDS),
             "baseline": run("baseline", None, False, "--duration", PATCHED_SECONDS, "--baseline"),
+            "patched-2x": run(
+                "patched-2x", "n-plus-one", True, "--duration", PATCHED_SECONDS, "--users", "40"
+            ),
         }
         for shortcut in SHORTCUT_BREAKS:
             patch = SHORTCUTS / f"{shortcut}.patch"
@@ -84,6 +88,10 @@ def results(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
     finally:
         for database in databases:
             drop_database(database)
+
+
+def _scenario_users() -> int:
+    return load_program(REPO_ROOT / "scenarios.yaml").scenario("n-plus-one").load.users
 
 
 def _p95_bound() -> float:
@@ -145,3 +153,20 @@ def test_shortcuts_fail_on_what_they_break(results: Results, shortcut: str) -> N
     failed = {figure for figure, passed in checks.items() if not passed}
     assert SHORTCUT_BREAKS[shortcut] <= failed, explain(result)
     assert not failed & SHORTCUT_KEEPS, explain(result)
+
+
+def test_reference_fix_at_twice_the_readers_answers_or_refuses_at_once(results: Results) -> None:
+    """Twice the drill's readers: authors and posts stay right, and every timeline succeeds or
+    is refused within 100 ms; none waits for the client's timeout."""
+    code, result = results["patched-2x"]
+    figures = result["figures"]
+    assert result["users"] == 2 * _scenario_users()
+    for figure in ("authors_missing", "authors_wrong", "authors_stale", "posts_wrong"):
+        assert figures[f"feed.{figure}"] == 0, explain(result)
+    assert figures["hung_requests"] == 0, explain(result)
+    samples = (Path(result["run_dir"]) / "samples.tsv").read_text().splitlines()
+    slow_failures = [
+        line for line in samples if line.split("\t")[3] == "0" and float(line.split("\t")[2]) >= 100
+    ]
+    assert not slow_failures, slow_failures[:5]
+    assert code == 0, explain(result)
