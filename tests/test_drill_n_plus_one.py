@@ -24,11 +24,12 @@ from tests.test_feed_cache import REDIS_URL, redis_reachable
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-# The shipped run stalls: 20 s of load is plenty to fail, and its queue drains after it.
-SHIPPED_SECONDS = "20"
-# 30 s: 25 s judged after the scenario's 5 s warm-up, 50+ timeline reads; longer than the
-# allowed staleness plus the provider's period, so a cache that never refreshes shows.
-PATCHED_SECONDS = "30"
+# The shipped run stalls: 30 s of load is plenty to fail (20 s judged after the scenario's
+# 10 s warm-up), and its queue drains after it.
+SHIPPED_SECONDS = "30"
+# 40 s: 30 s judged, 75+ timeline reads, so one slow read does not decide the p95; longer than
+# the allowed staleness plus the provider's period, so a cache that never refreshes shows.
+PATCHED_SECONDS = "40"
 FEED_REQUEST = "GET /feed/{user_id}"
 SHORTCUTS = REPO_ROOT / "tests" / "shortcuts"
 # Each shortcut, and the checks that must name what it broke.
@@ -127,7 +128,7 @@ def test_reference_fix_passes_with_triggers_on(results: Results) -> None:
     assert figures["feed.db_queries_per_request_max"] <= 3
     assert figures["feed.external_calls_per_request_max"] <= 3
     assert figures["success_ratio"] >= 0.99
-    assert figures["feed.reads_checked"] >= 40  # 20 readers, about 2.7 reads/s, for 30 s
+    assert figures["feed.reads_checked"] >= 60  # 20 readers, about 2.7 reads/s, for 40 s
     for figure in ("authors_missing", "authors_wrong", "authors_stale", "posts_wrong"):
         assert figures[f"feed.{figure}"] == 0, explain(result)
     assert figures["feed.external_calls_per_request_mean"] < 1, "the cache answers most reads"
