@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+# The provider's published rule for how profiles change: the judge recomputes it.
+from services.profiles.models import profile_revision, revision_at
 
 # ISO 4217 minor units of the currencies the payment client sends. Kept apart from the
 # ledger's own table on purpose: the checker must not move when a participant edits the service.
@@ -350,8 +360,121 @@ def snapshot_feed(base_url: str, run_dir: Path) -> None:
     (run_dir / "feed-before.json").write_text(json.dumps(_histograms(base_url), default=str))
 
 
+# How old an author shown on a timeline may be, in seconds past the moment the provider's
+# profile changed. The reference fix caches a profile for its TTL of 10 s (+10% jitter) after a
+# fetch that takes up to 2 s with retries: 13 s at most. 20 s leaves 7 s for a loaded machine,
+# and is still shorter than the provider's period (REVISION_PERIOD_S), so a cache that never
+# refreshes shows stale authors within one 30 s run.
+PROFILE_STALENESS_S = 20.0
+# Timeline reads checked against the database and the provider: all of a normal run's reads.
+MAX_READS_CHECKED = 2000
+PAGE_SIZE = 10
+_PAGE_SQL = text(
+    "SELECT p.id, p.author_id FROM feed_posts p"
+    " JOIN feed_follows f ON f.followee_id = p.author_id"
+    " WHERE f.follower_id = :user_id"
+    " ORDER BY p.posted_at DESC, p.id DESC LIMIT :limit"
+)
+_AVATAR_REVISION = re.compile(r"/(\d+)\.png$")
+log = logging.getLogger("drill.collectors")
+
+
+def feed_database_url(state_dir: Path) -> str | None:
+    """The lab's feed database as the judge reads it: the environment's, else the native
+    lab's SQLite file. (Compose keeps Postgres internal: set DRILL_FEED_DATABASE_URL to a
+    published port to judge a compose lab's posts.)"""
+    url = os.environ.get("DRILL_FEED_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if url:
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+    sqlite = state_dir / "feed.db"
+    return f"sqlite:///{sqlite.resolve()}" if sqlite.exists() else None
+
+
+def expected_pages(url: str, user_ids: set[int]) -> dict[int, list[tuple[int, int]]]:
+    """Each reader's first page as (post id, author id), newest first, from a direct query."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                uid: [(row[0], row[1]) for row in conn.execute(
+                    _PAGE_SQL, {"user_id": uid, "limit": PAGE_SIZE}
+                )]
+                for uid in sorted(user_ids)
+            }  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def _timestamp(value: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _same_profile(author: dict[str, Any], author_id: int, revision: int) -> bool:
+    expected = profile_revision(author_id, revision)
+    served_at = _timestamp(author.get("updated_at"))
+    return (
+        author.get("display_name") == expected.display_name
+        and author.get("avatar_url") == expected.avatar_url
+        and author.get("verified") == expected.verified
+        and served_at is not None
+        and abs(served_at - expected.updated_at.timestamp()) < 0.001
+    )
+
+
+def judge_author(author: Any, author_id: int, started: float, finished: float) -> str:
+    """ok, missing, wrong or stale: the author shown against the provider's profile then."""
+    if not isinstance(author, dict) or not all(
+        author.get(key) for key in ("display_name", "avatar_url", "updated_at")
+    ):
+        return "missing"
+    if author.get("id") != author_id:
+        return "wrong"
+    newest = revision_at(author_id, finished)
+    oldest_allowed = revision_at(author_id, started - PROFILE_STALENESS_S)
+    if any(_same_profile(author, author_id, r) for r in range(oldest_allowed, newest + 1)):
+        return "ok"
+    # An older revision, if the avatar names one and everything else matches it exactly.
+    match = _AVATAR_REVISION.search(str(author.get("avatar_url")))
+    if match and int(match.group(1)) < oldest_allowed:
+        if _same_profile(author, author_id, int(match.group(1))):
+            return "stale"
+    return "wrong"
+
+
+def judge_timelines(
+    reads: list[dict[str, Any]], pages: dict[int, list[tuple[int, int]]] | None
+) -> dict[str, float]:
+    """Reads whose authors are missing, wrong or stale, and whose posts differ from the DB's."""
+    counts = Counter[str]()
+    for read in reads:
+        posts = read["posts"]
+        started, finished = read["started"], read["finished"]
+        verdicts = {
+            judge_author(post.get("author"), post.get("author_id"), started, finished)
+            for post in posts
+        }
+        counts.update(verdicts - {"ok"})
+        if pages is not None:
+            served = [(post.get("id"), post.get("author_id")) for post in posts]
+            counts["posts"] += served != pages.get(read["user_id"])
+    return {
+        "feed.reads_checked": float(len(reads)),
+        "feed.authors_missing": float(counts["missing"]),
+        "feed.authors_wrong": float(counts["wrong"]),
+        "feed.authors_stale": float(counts["stale"]),
+        "feed.posts_wrong": float(counts["posts"]) if pages is not None else math.nan,
+    }
+
+
 def collect_feed(base_url: str, truth_path: Path) -> dict[str, float]:
-    """Statements and outgoing calls per timeline request, and event-loop lag, during the run."""
+    """Statements and outgoing calls per timeline request, event-loop lag, and whether the
+    timelines the readers were shown hold the right posts and current authors."""
     before_path = truth_path.parent / "feed-before.json"
     empty = {key: {"buckets": {}, "sum": 0.0} for key in _FEED_HISTOGRAMS}
     raw: dict[str, Any] = json.loads(before_path.read_text()) if before_path.exists() else empty
@@ -370,7 +493,27 @@ def collect_feed(base_url: str, truth_path: Path) -> dict[str, float]:
     figures["feed.external_calls_per_request_mean"] = calls / requests if requests else math.nan
     figures["feed.event_loop_lag_mean_ms"] = 1000 * lag_sum / ticks if ticks else math.nan
     figures["feed.event_loop_lag_max_ms"] = 1000 * _highest_bound(lag)
+    figures["feed.external_calls_per_request_max"] = _highest_bound(
+        _delta(after["calls"], before["calls"])[0]
+    )
+    figures.update(_judge_truth(truth_path))
     return figures
+
+
+def _judge_truth(truth_path: Path) -> dict[str, float]:
+    reads = [r for r in read_truth(truth_path) if r.get("kind") == "timeline"]
+    if len(reads) > MAX_READS_CHECKED:
+        reads = random.Random(truth_path.parent.name).sample(reads, MAX_READS_CHECKED)
+    url = feed_database_url(truth_path.parents[2])
+    pages = None
+    if url is None:
+        log.warning("no feed database to judge posts against (DATABASE_URL unset, no SQLite)")
+    else:
+        try:
+            pages = expected_pages(url, {read["user_id"] for read in reads})
+        except SQLAlchemyError as exc:
+            log.warning("feed database at %s unreadable: %s", url, exc)
+    return judge_timelines(reads, pages)
 
 
 def triggers_acted(base_url: str) -> Counter[str]:

@@ -49,6 +49,12 @@ SERVICE_FIGURES = frozenset(
         "feed.db_queries_per_request_max",
         "feed.db_queries_per_request_mean",
         "feed.external_calls_per_request_mean",
+        "feed.external_calls_per_request_max",
+        "feed.reads_checked",
+        "feed.authors_missing",
+        "feed.authors_wrong",
+        "feed.authors_stale",
+        "feed.posts_wrong",
         "feed.event_loop_lag_mean_ms",
         "feed.event_loop_lag_max_ms",
     }

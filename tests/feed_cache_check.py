@@ -104,7 +104,59 @@ async def check(mode: str, redis_url: str | None) -> dict[str, Any]:
     return out
 
 
+async def _silent_server() -> tuple[asyncio.Server, int]:
+    """A provider that accepts connections and never answers: the worst kind of slow."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up and closes
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _timed_get(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    reply = await client.get(url)
+    return {
+        "status": reply.status_code,
+        "retry_after": reply.headers.get("Retry-After"),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+async def gate(state_dir: str) -> dict[str, Any]:
+    """Overload the patched feed against a provider that never answers: every timeline ends in
+    a 503 with Retry-After, the ones past the in-flight limit at once."""
+    from services.feed.app import create_app as create_feed
+    from services.feed.settings import FeedSettings
+
+    server, port = await _silent_server()
+    settings = FeedSettings(
+        state_dir=Path(state_dir),
+        profiles_url=f"http://127.0.0.1:{port}",
+        max_timelines_in_flight=2,
+        cache_warm_authors=0,
+        seed_users=1100,
+    )
+    feed = create_feed(settings, tracer_provider=TracerProvider())
+    transport = httpx.ASGITransport(app=feed)
+    try:
+        async with (
+            feed.router.lifespan_context(feed),
+            httpx.AsyncClient(transport=transport, base_url="http://feed", timeout=30) as client,
+        ):
+            first = [asyncio.create_task(_timed_get(client, "/feed/3")) for _ in range(2)]
+            await asyncio.sleep(0.3)  # the first two are waiting on the provider by now
+            rest = await asyncio.gather(*(_timed_get(client, "/feed/3") for _ in range(6)))
+            return {"waited": await asyncio.gather(*first), "refused": rest}
+    finally:
+        server.close()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
-    redis_url = sys.argv[2] if len(sys.argv) > 2 else None
-    print(json.dumps(asyncio.run(check(mode, redis_url))))  # noqa: T201
+    if mode == "gate":
+        print(json.dumps(asyncio.run(gate(sys.argv[2]))))  # noqa: T201
+    else:
+        redis_url = sys.argv[2] if len(sys.argv) > 2 else None
+        print(json.dumps(asyncio.run(check(mode, redis_url))))  # noqa: T201

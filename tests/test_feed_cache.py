@@ -71,3 +71,17 @@ def test_redis_cache(patched: Path) -> None:
     assert_cache_behaviour(result)
     assert result["redis_keys"] == 250
     assert 0 < result["redis_pttl_ms"] <= 550
+
+
+def test_overloaded_feed_refuses_at_once_and_never_waits_past_its_budget(
+    patched: Path, tmp_path: Path
+) -> None:
+    """Past its in-flight limit the fix answers 503 with Retry-After in under 100 ms; a page
+    stuck on a provider that never answers gets its 503 after its 1.5 s budget, not a hang."""
+    result = run_check(patched, "gate", str(tmp_path))
+    for reply in result["refused"]:
+        assert reply["status"] == 503 and reply["retry_after"] == "1", result
+        assert reply["seconds"] < 0.1, result
+    for reply in result["waited"]:
+        assert reply["status"] == 503 and reply["retry_after"] == "1", result
+        assert 1.4 < reply["seconds"] < 3.0, result

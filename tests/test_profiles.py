@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.profiles.app import create_app
-from services.profiles.models import profile_of
+from services.profiles.models import REVISION_PERIOD_S, profile_of, revision_at
 from services.profiles.settings import ProfilesSettings
 
 
@@ -23,14 +23,33 @@ def make_app(tmp_path: Path, **settings: float):  # type: ignore[no-untyped-def]
 
 
 def test_a_profile_is_the_same_for_the_same_id(tmp_path: Path) -> None:
-    """GET /profiles/{id} answers a deterministic profile; ids outside the API's range are 422."""
+    """GET /profiles/{id} answers the id's current profile; ids outside the API's range are 422."""
     with TestClient(make_app(tmp_path)) as client:
+        before = time.time()
         reply = client.get("/profiles/42")
+        after = time.time()
         assert reply.status_code == 200
-        assert reply.json() == profile_of(42).model_dump()
-        assert profile_of(42) != profile_of(43)
+        current = [profile_of(42, at).model_dump(mode="json") for at in (before, after)]
+        assert reply.json() in current
+        assert profile_of(42, before) != profile_of(43, before)
         for bad in ("0", "-1", "abc", "99999999999"):
             assert client.get(f"/profiles/{bad}").status_code == 422
+
+
+def test_profiles_take_a_new_revision_every_period() -> None:
+    """Each account's profile changes once a period, at its own phase, and says since when."""
+    at = 1_800_000_000.0
+    changed_at = set()
+    for profile_id in range(1, 50):
+        now, later = profile_of(profile_id, at), profile_of(profile_id, at + REVISION_PERIOD_S)
+        assert now.avatar_url != later.avatar_url
+        assert now.display_name == later.display_name
+        started = now.updated_at.timestamp()
+        assert started <= at < started + REVISION_PERIOD_S
+        assert revision_at(profile_id, started) == revision_at(profile_id, at)
+        assert revision_at(profile_id, started - 0.01) == revision_at(profile_id, at) - 1
+        changed_at.add(round(started))
+    assert len(changed_at) > 10, "accounts edit at phases of their own, not all at once"
 
 
 def test_batch_answers_in_order_without_duplicates_and_refuses_oversize(tmp_path: Path) -> None:

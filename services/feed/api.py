@@ -76,6 +76,7 @@ async def get_feed(
                     display_name=profile["display_name"],
                     avatar_url=profile["avatar_url"],
                     verified=profile["verified"],
+                    updated_at=profile["updated_at"],
                 ),
             )
         )

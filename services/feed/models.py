@@ -50,6 +50,8 @@ class AuthorPublic(BaseModel):
     display_name: str
     avatar_url: str
     verified: bool
+    # When the provider's profile took this form: how fresh the author shown is.
+    updated_at: datetime
 
 
 class PostPublic(BaseModel):
