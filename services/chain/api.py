@@ -117,7 +117,7 @@ def price(lines: Sequence[Line], rates: Mapping[str, Decimal]) -> tuple[Decimal,
 
 
 @pricing.post("/quotes")
-def quote(body: QuoteCreate, request: Request, flags: FlagsDep) -> QuotePublic:
+def quote(body: QuoteCreate, request: Request) -> QuotePublic:
     """Price an order from the price list and reserve its stock."""
     state = request.app.state
     unknown = sorted({line.sku for line in body.lines} - set(PRICE_LIST_CENTS))
