@@ -24,10 +24,10 @@ from tests.test_feed_cache import REDIS_URL, redis_reachable
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-# The shipped run stalls: 30 s of load is plenty to fail (20 s judged after the scenario's
-# 10 s warm-up), and its queue drains after it.
+# The shipped run stalls: 30 s of load is plenty to fail (18 s judged after the scenario's
+# 12 s warm-up), and its queue drains after it.
 SHIPPED_SECONDS = "30"
-# 40 s: 30 s judged, 75+ timeline reads, so one slow read does not decide the p95; longer than
+# 40 s: 28 s judged, 70+ timeline reads, so one slow read does not decide the p95; longer than
 # the allowed staleness plus the provider's period, so a cache that never refreshes shows.
 PATCHED_SECONDS = "40"
 FEED_REQUEST = "GET /feed/{user_id}"

@@ -80,7 +80,7 @@ def broken(replace: str, with_: str) -> str:
             r"triggers\[1\]\.percent: Input should be less than or equal",
         ),
         ("version: 1", "version: 2", r"version: Input should be 1"),
-        ("warmup: 10s", "warmup: 90s", r"scenarios\.n-plus-one\.load: warmup must be shorter"),
+        ("warmup: 12s", "warmup: 90s", r"scenarios\.n-plus-one\.load: warmup must be shorter"),
         (
             "    scenarios: [fp-drift, circular-deadlock, n-plus-one]\n    checkpoint: What did",
             "    scenarios: [fp-drift2, circular-deadlock, n-plus-one]\n    checkpoint: What did",
