@@ -22,6 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from drill import compose
+from drill.native import LabConfig
+
 # The provider's published rule for how profiles change: the judge recomputes it.
 from services.profiles.models import profile_revision, revision_at
 
@@ -171,7 +174,7 @@ def ledger_figures(
     }
 
 
-def collect_ledger(base_url: str, truth_path: Path) -> dict[str, float]:
+def collect_ledger(base_url: str, truth_path: Path, config: LabConfig) -> dict[str, float]:
     """The ledger's figures for a run, from the clients' records and the flags the run set."""
     records = read_truth(truth_path)
     converts = conversion_rule(truth_path.parent / "flags.json")
@@ -230,7 +233,7 @@ def chain_truth(truth_path: Path) -> ChainTruth:
     return ChainTruth(sent, answered, stopping_at)
 
 
-def collect_chain(base_url: str, truth_path: Path) -> dict[str, float]:
+def collect_chain(base_url: str, truth_path: Path, config: LabConfig) -> dict[str, float]:
     """Whether the chain takes an order after the load; answers missing; totals that are wrong.
 
     Ground truth is the shopper's order and the total its own price list and tax rates give;
@@ -263,7 +266,7 @@ def _reservations(client: httpx.Client, order_ids: list[str]) -> dict[str, list[
     return statuses
 
 
-def collect_stock(base_url: str, truth_path: Path) -> dict[str, float]:
+def collect_stock(base_url: str, truth_path: Path, config: LabConfig) -> dict[str, float]:
     """Orders of customers on hold that kept stock, and orders not holding stock exactly once.
 
     A confirmed order must hold one reservation. An order answered "pending" must settle within
@@ -472,7 +475,7 @@ def judge_timelines(
     }
 
 
-def collect_feed(base_url: str, truth_path: Path) -> dict[str, float]:
+def collect_feed(base_url: str, truth_path: Path, config: LabConfig) -> dict[str, float]:
     """Statements and outgoing calls per timeline request, event-loop lag, and whether the
     timelines the readers were shown hold the right posts and current authors."""
     before_path = truth_path.parent / "feed-before.json"
@@ -496,24 +499,49 @@ def collect_feed(base_url: str, truth_path: Path) -> dict[str, float]:
     figures["feed.external_calls_per_request_max"] = _highest_bound(
         _delta(after["calls"], before["calls"])[0]
     )
-    figures.update(_judge_truth(truth_path))
+    figures.update(_judge_truth(truth_path, config))
     return figures
 
 
-def _judge_truth(truth_path: Path) -> dict[str, float]:
+def expected_pages_in_compose(
+    config: LabConfig, user_ids: set[int]
+) -> dict[int, list[tuple[int, int]]]:
+    """The same pages as expected_pages, read with psql inside the compose lab's postgres."""
+    ids = ",".join(str(int(uid)) for uid in sorted(user_ids))
+    rows = compose.query_postgres(
+        config,
+        f"SELECT u.uid, p.id, p.author_id FROM unnest(ARRAY[{ids}]::bigint[]) AS u(uid)"
+        " CROSS JOIN LATERAL (SELECT p.id, p.author_id, p.posted_at FROM feed_posts p"
+        " JOIN feed_follows f ON f.followee_id = p.author_id WHERE f.follower_id = u.uid"
+        f" ORDER BY p.posted_at DESC, p.id DESC LIMIT {PAGE_SIZE}) p"
+        " ORDER BY u.uid, p.posted_at DESC, p.id DESC",
+    )
+    pages: dict[int, list[tuple[int, int]]] = {uid: [] for uid in user_ids}
+    for uid, post_id, author_id in rows:
+        pages[int(uid)].append((int(post_id), int(author_id)))
+    return pages
+
+
+def _feed_pages(config: LabConfig, user_ids: set[int]) -> dict[int, list[tuple[int, int]]] | None:
+    """Each reader's expected first page from the feed's database, wherever the lab keeps it."""
+    url = feed_database_url(config.state_dir)
+    try:
+        if url is not None:
+            return expected_pages(url, user_ids)
+        if compose.use_compose(config):
+            return expected_pages_in_compose(config, user_ids)
+    except (SQLAlchemyError, compose.ComposeError) as exc:
+        log.warning("feed database unreadable: %s", exc)
+        return None
+    log.warning("no feed database to judge posts against (DATABASE_URL unset, no SQLite)")
+    return None
+
+
+def _judge_truth(truth_path: Path, config: LabConfig) -> dict[str, float]:
     reads = [r for r in read_truth(truth_path) if r.get("kind") == "timeline"]
     if len(reads) > MAX_READS_CHECKED:
         reads = random.Random(truth_path.parent.name).sample(reads, MAX_READS_CHECKED)
-    url = feed_database_url(truth_path.parents[2])
-    pages = None
-    if url is None:
-        log.warning("no feed database to judge posts against (DATABASE_URL unset, no SQLite)")
-    else:
-        try:
-            pages = expected_pages(url, {read["user_id"] for read in reads})
-        except SQLAlchemyError as exc:
-            log.warning("feed database at %s unreadable: %s", url, exc)
-    return judge_timelines(reads, pages)
+    return judge_timelines(reads, _feed_pages(config, {read["user_id"] for read in reads}))
 
 
 def triggers_acted(base_url: str) -> Counter[str]:
@@ -531,7 +559,8 @@ def load_acted(path: Path) -> Counter[str]:
     return Counter({flag: int(n) for flag, n in json.loads(path.read_text()).items()})
 
 
-Collector = Callable[[str, Path], dict[str, float]]
+# Called after the load with the service's URL, the run's truth file and the lab.
+Collector = Callable[[str, Path, LabConfig], dict[str, float]]
 COLLECTORS: dict[str, Collector] = {
     "ledger": collect_ledger,
     "chain-a": collect_chain,

@@ -282,6 +282,29 @@ def _compose(
         raise ComposeError(f"`{shlex.join(command)}` did not finish within {timeout:g} s") from None
 
 
+# The lab database's role and name, as compose.yaml's postgres service creates them.
+POSTGRES_USER = "drill"
+POSTGRES_DB = "drill"
+
+
+def query_postgres(config: native.LabConfig, sql: str) -> list[list[str]]:
+    """The rows of one query, run by psql inside the compose lab's postgres container.
+
+    The judge reads the database itself, and compose keeps Postgres off the host's ports.
+    """
+    result = _compose(
+        config,
+        "exec", "-T", "postgres",
+        "psql", "-U", POSTGRES_USER, "-d", POSTGRES_DB,
+        "-v", "ON_ERROR_STOP=1", "--no-align", "--tuples-only", "--field-separator", "\t",
+        "-c", sql,
+        timeout=120,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise ComposeError(f"psql in the postgres container failed: {result.stderr.strip()[-500:]}")
+    return [line.split("\t") for line in result.stdout.splitlines() if line]
+
+
 def project_running(config: native.LabConfig) -> bool:
     """True when this checkout's compose project has running containers."""
     try:

@@ -344,7 +344,7 @@ def run_verify(
         collector = COLLECTORS.get(service)
         if collector is not None:
             try:
-                figures.update(collector(urls[service], run_dir / "truth.jsonl"))
+                figures.update(collector(urls[service], run_dir / "truth.jsonl", config))
             except httpx.HTTPError as exc:
                 raise VerifyError(
                     f"the load ran, but {service} did not answer the checks' reads "
