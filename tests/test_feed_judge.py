@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +11,18 @@ from sqlalchemy import create_engine
 
 from drill.collectors import (
     PROFILE_STALENESS_S,
+    _feed_pages,
     expected_pages,
+    expected_pages_in_compose,
     feed_database_url,
     judge_author,
     judge_timelines,
 )
+from drill.native import LabConfig
 from services.feed.models import Base
 from services.feed.seed import generate, reseed
 from services.profiles.models import REVISION_PERIOD_S, profile_of, revision_started
+from tests.conftest import need_server
 
 AT = 1_800_000_000.0
 AUTHOR = 42
@@ -99,3 +104,43 @@ def test_expected_pages_are_the_newest_posts_of_the_followed_accounts(
             reverse=True,
         )[:10]
         assert pages[reader] == [(p["id"], p["author_id"]) for p in posts]
+
+
+# Stands in for `docker compose`: `ps` names a running container, and `exec -T postgres psql`
+# runs the same psql against the test's Postgres database instead of the container's.
+FAKE_COMPOSE = """#!/usr/bin/env python3
+import os, sys
+args = sys.argv[1:]
+if "ps" in args:
+    print("0123456789ab")
+    sys.exit(0)
+psql = args[args.index("psql"):]
+psql[psql.index("-U") + 1] = "postgres"
+psql[psql.index("-d") + 1] = os.environ["FAKE_COMPOSE_DATABASE"]
+os.execvp("psql", ["psql", "-h", "127.0.0.1", *psql[1:]])
+"""
+
+
+def test_under_compose_the_judge_reads_the_same_pages_with_psql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    """With no database URL, a compose lab's pages come from psql in its postgres container,
+    and they are the pages the judge's own query reads."""
+    if shutil.which("psql") is None:
+        need_server("psql (Debian: postgresql-client)", "apt-get install postgresql-client")
+    engine = create_engine(postgres_url)
+    Base.metadata.create_all(engine)
+    reseed(engine, 3, 1100)
+    engine.dispose()
+    fake = tmp_path / "fake-compose"
+    fake.write_text(FAKE_COMPOSE)
+    fake.chmod(0o755)
+    monkeypatch.setenv("DRILL_COMPOSE", str(fake))
+    monkeypatch.setenv("FAKE_COMPOSE_DATABASE", postgres_url.rsplit("/", 1)[1])
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("DRILL_FEED_DATABASE_URL", raising=False)
+    (tmp_path / "compose.yaml").write_text("services: {}\n")
+    config = LabConfig(root=tmp_path, state_dir=tmp_path / ".drill", port_offset=0)
+    readers = {1, 2, 3, 17}
+    assert expected_pages_in_compose(config, readers) == expected_pages(postgres_url, readers)
+    assert _feed_pages(config, readers) == expected_pages(postgres_url, readers)
