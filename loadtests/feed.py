@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from locust import FastHttpUser, between, task
-from recorder import CLIENT_TIMEOUT_S, record_truth
+from recorder import CLIENT_TIMEOUT_S, record_truth, track_flags
 
 from faults import Flags
 
@@ -34,6 +34,8 @@ HEAVY_SHARE = 0.25
 _flags = Flags(
     Path(os.environ.get("DRILL_STATE_DIR", ".drill")) / "flags.json", service="feed-load"
 )
+# feed.heavy_users acts here, in the readers, not in the service: verify counts it from Locust.
+track_flags(_flags)
 _readers: dict[str, list[int]] = {}
 _lock = threading.Lock()
 

@@ -27,7 +27,7 @@ from tests.labs import verify as run_verify
 from tests.otlp import ExportedSpan, otlp_receiver
 from tests.polling import poll_until
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.drill]
 
 # The deadlock sets in within seconds; 20 s of load also gives the baseline 600+ orders.
 VERIFY_SECONDS = "20"

@@ -18,7 +18,7 @@ from tests.conftest import REPO_ROOT
 from tests.labs import check_results, drop_database, explain, fresh_database, lab_env, run_drill
 from tests.labs import verify as run_verify
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.drill]
 
 # Long enough for some 800 payments at 20 users (the scenario needs 500), short enough for CI.
 VERIFY_SECONDS = "25"

@@ -22,7 +22,7 @@ from tests.labs import check_results, drop_database, explain, fresh_database, la
 from tests.labs import verify as run_verify
 from tests.test_feed_cache import REDIS_URL, redis_reachable
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.drill]
 
 # The shipped run stalls: 30 s of load is plenty to fail (18 s judged after the scenario's
 # 12 s warm-up), and its queue drains after it.

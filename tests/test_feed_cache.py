@@ -45,7 +45,6 @@ def assert_cache_behaviour(result: dict) -> None:
     # 50 readers missing the same 20 profiles at once: one batch call, one round trip.
     assert result["stampede_calls"] == 1
     assert result["stampede_correct"]
-    assert result["stampede_seconds"] < 1.0
     # Fresh entries are hits: no call.
     assert result["calls_after_warm_read"] == 1
     assert result["hits_on_warm_read"] == 20

@@ -102,5 +102,7 @@ async def test_latency_is_slept_asynchronously(tmp_path: Path) -> None:
                     group.start_soon(client.get, f"/profiles/{i + 1}")
             twenty = time.perf_counter() - started
     assert single.status_code == 200
-    assert 0.1 < one < 0.5
-    assert twenty < 0.8, "the stub must not serialise its own latency"
+    assert one > 0.1
+    # Overlapping, twenty calls take about as long as the slowest of them; one after the other
+    # they would take some twenty times one. A ratio, so a slow machine cannot tip it.
+    assert twenty < 8 * one, "the stub must not serialise its own latency"
