@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import faults
 from drill.collectors import collect_chain, collect_stock
+from drill.native import LabConfig
 from services.chain.app import create_app
 from services.chain.settings import ChainSettings
 from services.kit.logs import JsonFormatter
@@ -305,11 +306,11 @@ def test_collectors_judge_from_what_the_shopper_sent(chain: Chain, tmp_path: Pat
     held = {**ORDER, "customer_id": "hold-9"}
     # 17.55 is right for two Sencha; the shopper's own list says 17.56 for the second order.
     _shop(chain, truth, [ORDER, held, ORDER], ["17.55", "17.55", "17.56"])
-    front = collect_chain(chain.urls["chain-a"], truth)
+    front = collect_chain(chain.urls["chain-a"], truth, LabConfig(root=tmp_path))
     assert front["chain.total_mismatches"] == 1
     assert front["chain.unanswered_orders"] == 1
     assert front["chain.orders_after_load"] == 1
-    stock = collect_stock(chain.urls["chain-c"], truth)
+    stock = collect_stock(chain.urls["chain-c"], truth, LabConfig(root=tmp_path))
     assert stock["chain.held_orders_confirmed"] == 1
     assert stock["chain.confirmed_orders"] == 3
     assert stock["chain.orders_not_held_once"] == 0

@@ -9,7 +9,6 @@ database: the chain keeps no state that outlives a process.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from drill.collectors import read_truth
 from drill.solutions import copy_lab
-from drill.verify import percentile, read_samples
+from drill.verify import read_samples
 from tests.conftest import REPO_ROOT
 from tests.labs import check_results, explain, lab_env, run_drill
 from tests.labs import verify as run_verify
@@ -82,14 +81,9 @@ def order_within(env: dict[str, str], seconds: float) -> bool:
 
 
 def callback_acted(env: dict[str, str]) -> float:
-    """How often chain-c has taken the fraud-callback path so far (its acted counter)."""
-    metrics = httpx.get(url(env, 8013) + "/metrics", timeout=5, trust_env=False).text
-    found = re.findall(
-        r'^drill_trigger_acted_total\{[^}]*flag="chain\.fraud_callback"[^}]*\} ([0-9.e+]+)',
-        metrics,
-        re.M,
-    )
-    return sum(float(n) for n in found)
+    """How often chain-c has taken the fraud-callback path so far (GET /drill/triggers)."""
+    acted = httpx.get(url(env, 8013) + "/drill/triggers", timeout=5, trust_env=False).json()
+    return float(sum(acted.get("chain.fraud_callback", {}).values()))
 
 
 def failed_checks(result: Any) -> set[str]:
@@ -292,8 +286,8 @@ def test_shortcut_waiting_forever_for_an_order_fails(lab) -> None:  # type: igno
 
 
 def test_reference_fix_sheds_load_at_twice_the_concurrency(lab) -> None:  # type: ignore[no-untyped-def]
-    """32 shoppers arriving together each second: the fixed chain stays correct, answers within
-    the SLA or refuses at once with 503 and Retry-After, and no order waits for the timeout."""
+    """32 shoppers arriving together each second: the fixed chain stays correct, takes or
+    refuses (503 with Retry-After) every order, and no order waits for the timeout."""
     root, env = lab(patch="circular-deadlock")
     env["CHAIN_ARRIVALS"] = "bursty"
     code, result = verify(root, env, "--users", "32")
@@ -313,7 +307,6 @@ def test_reference_fix_sheds_load_at_twice_the_concurrency(lab) -> None:  # type
     refused = sorted(a["ms"] for a in answers if a["http_status"] == 503)
     assert len(taken) + len(refused) == len(answers), "every order was taken or refused"
     assert all(a["retry_after"] for a in answers if a["http_status"] == 503)
-    bound = next(c["max"] for c in result["checks"] if c["figure"] == "p99_ms")
-    assert taken and percentile(taken, 0.99) <= bound, explain(result)
-    # Refusals answer fast; 2x the 100 ms a refusal should take leaves room for a busy CI.
-    assert not refused or percentile(refused, 0.99) <= 200, refused[-5:]
+    assert taken, explain(result)
+    # How fast taken orders and refusals answer depends on the machine: benchmarks/degradation.py
+    # and benchmarks/chain_deadlock.py measure it; here only what holds on any machine.
