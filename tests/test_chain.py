@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import faults
-from drill.collectors import collect_chain, collect_stock
+from drill.collectors.chain import collect_chain, collect_stock
 from drill.native import LabConfig
 from services.chain.app import create_app
 from services.chain.settings import ChainSettings

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 
-from drill.collectors import (
+from drill.collectors.feed import (
     PROFILE_STALENESS_S,
     _feed_pages,
     expected_pages,

@@ -284,7 +284,7 @@ def test_checker_counts_payments_left_in_their_own_currency_as_misbooked(
 ) -> None:
     """A ledger that books non-USD payments in their own currency while conversion was on fails
     the misbooked and drift checks, though every reply it gave looked well formed."""
-    from drill.collectors import ledger_figures
+    from drill.collectors.ledger import ledger_figures
 
     records = sent_payments(client, MIXED)
     assert ledger_figures(client, records, lambda account: False)["ledger.misbooked_postings"] == 0
@@ -299,7 +299,7 @@ def test_checker_holds_the_ledger_to_the_reference_rate_rounded_half_even(
 ) -> None:
     """Converted postings must equal amount times the checker's own reference rate, half-even to
     the cent: 12.34 EUR is 13.37 USD, and the shipped float ledger's balance drifts from it."""
-    from drill.collectors import expected_booking, ledger_figures
+    from drill.collectors.ledger import expected_booking, ledger_figures
 
     with client.app.state.flags.override({"ledger.fx_conversion": True}):  # type: ignore[attr-defined]
         records = sent_payments(client, [*MIXED, ("1.15", "EUR")] * 3, account())
@@ -315,7 +315,7 @@ def test_checker_holds_the_ledger_to_the_reference_rate_rounded_half_even(
 def test_checker_decides_a_share_of_accounts_as_the_ledger_does(tmp_path: Path) -> None:
     """With conversion on for half the accounts, the checker's rule names exactly the accounts
     whose payments the ledger converted (flagd's fractional, keyed by account)."""
-    from drill.collectors import conversion_rule
+    from drill.collectors.ledger import conversion_rule
     from faults import load_catalog, set_flags
 
     set_flags(tmp_path, load_catalog(), {"ledger.fx_conversion": ("on", 50)}, reset_others=True)
