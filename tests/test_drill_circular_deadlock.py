@@ -26,7 +26,7 @@ from tests.labs import verify as run_verify
 from tests.otlp import ExportedSpan, otlp_receiver
 from tests.polling import poll_until
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.drill]
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 # The deadlock sets in within seconds; 20 s of load also gives the baseline 600+ orders.
 VERIFY_SECONDS = "20"
@@ -90,6 +90,7 @@ def failed_checks(result: Any) -> set[str]:
     return {check["figure"] for check in result["checks"] if not check["passed"]}
 
 
+@pytest.mark.drill
 def test_shipped_code_with_triggers_deadlocks_and_stays_stuck(lab) -> None:  # type: ignore[no-untyped-def]
     """Shipped chain + triggers: throughput falls to zero, it stays stuck, a restart recovers."""
     root, env = lab()
@@ -125,6 +126,7 @@ def test_shipped_code_with_triggers_deadlocks_and_stays_stuck(lab) -> None:  # t
     assert order_within(env, 3), "drill restart chain recovers the stuck chain"
 
 
+@pytest.mark.drill
 def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-untyped-def]
     """solutions/circular-deadlock.patch applied: every SLA holds with the triggers still on."""
     root, env = lab(patch="circular-deadlock")
@@ -151,6 +153,7 @@ def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-
     assert 'chain_breaker_state{peer="chain-a",service="chain-c"} 0.0' in metrics
 
 
+@pytest.mark.drill
 def test_shipped_code_passes_the_clean_baseline(lab) -> None:  # type: ignore[no-untyped-def]
     """Shipped chain with every trigger off is healthy under the same load: 'fine in staging'."""
     root, env = lab()
@@ -261,6 +264,7 @@ def test_one_order_trace_id_is_in_all_three_logs_and_the_exported_spans(lab) -> 
     assert reservation.span_id in ancestors(check)
 
 
+@pytest.mark.drill
 def test_shortcut_dropping_the_fraud_check_fails(lab) -> None:  # type: ignore[no-untyped-def]
     """`if False:` instead of the customer check never deadlocks, but confirms customers on
     hold and never takes the callback path: verify fails and names both."""
@@ -273,6 +277,7 @@ def test_shortcut_dropping_the_fraud_check_fails(lab) -> None:  # type: ignore[n
     )
 
 
+@pytest.mark.drill
 def test_shortcut_waiting_forever_for_an_order_fails(lab) -> None:  # type: ignore[no-untyped-def]
     """A shopper without a timeout hides hung orders from the timeout count; the orders it sent
     and never got back still fail verify, by name."""

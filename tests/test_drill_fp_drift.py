@@ -18,7 +18,7 @@ from tests.conftest import REPO_ROOT
 from tests.labs import check_results, drop_database, explain, fresh_database, lab_env, run_drill
 from tests.labs import verify as run_verify
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.drill]
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 # Long enough for some 800 payments at 20 users (the scenario needs 500), short enough for CI.
 VERIFY_SECONDS = "25"
@@ -61,6 +61,7 @@ def verify(root: Path, env: dict[str, str], *extra: str) -> tuple[int, dict]:
     return run_verify(root, env, "fp-drift", *duration, *extra)
 
 
+@pytest.mark.drill
 def test_shipped_code_with_triggers_fails(lab) -> None:  # type: ignore[no-untyped-def]
     """Shipped ledger + fp-drift triggers: balances drift and retried payments post twice."""
     root, env = lab()
@@ -79,6 +80,7 @@ def test_shipped_code_with_triggers_fails(lab) -> None:  # type: ignore[no-untyp
     assert flags["ledger.fx_conversion"]["defaultVariant"] == "off", "verify restores the flags"
 
 
+@pytest.mark.drill
 def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-untyped-def]
     """solutions/fp-drift.patch applied: every SLA holds with the triggers still on."""
     root, env = lab(patch="fp-drift")
@@ -92,6 +94,7 @@ def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-
     assert check_results(result)[FX_ACTED] and check_results(result)[COMMIT_ACTED]
 
 
+@pytest.mark.drill
 def test_shortcut_dropping_conversion_fails(lab) -> None:  # type: ignore[no-untyped-def]
     """Reference fix minus FX conversion (every payment booked in its own currency): verify
     fails, naming the misbooked postings and the conversion trigger that never acted."""
@@ -107,6 +110,7 @@ def test_shortcut_dropping_conversion_fails(lab) -> None:  # type: ignore[no-unt
     assert checks[COMMIT_ACTED]
 
 
+@pytest.mark.drill
 def test_shipped_code_passes_the_clean_baseline(lab) -> None:  # type: ignore[no-untyped-def]
     """Shipped ledger with every trigger off looks healthy: 'fine in staging'."""
     root, env = lab()

@@ -22,7 +22,7 @@ from tests.labs import check_results, drop_database, explain, fresh_database, la
 from tests.labs import verify as run_verify
 from tests.test_feed_cache import REDIS_URL, redis_reachable
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.drill]
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 # The shipped run stalls: 30 s of load is plenty to fail (18 s judged after the scenario's
 # 12 s warm-up), and its queue drains after it.
@@ -44,26 +44,30 @@ SHORTCUT_KEEPS = {
     "feed.posts_wrong",
 }
 
-Results = dict[str, tuple[int, dict]]
 
+class Results:
+    """Each direction's exit code and result JSON, run on first use and kept for the module
+    (a direction's tests share one run; `-m drill` runs only the directions it selects)."""
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Results]:
-    """Each direction's exit code and result JSON, run once for the module's tests."""
-    if not redis_reachable():
-        need_server(f"Redis at {REDIS_URL}", "redis-server --daemonize yes")
-    tmp = tmp_path_factory.mktemp("n-plus-one")
-    databases: list[str] = []
+    def __init__(self, tmp: Path, postgres_url: str) -> None:
+        self.tmp, self.postgres_url = tmp, postgres_url
+        self.databases: list[str] = []
+        self.runs: dict[str, tuple[int, dict]] = {}
 
-    def run(
-        name: str, patch: str | None, redis: bool, *args: str, extra: tuple[Path, ...] = ()
-    ) -> tuple[int, dict]:
-        root = copy_lab(REPO_ROOT, tmp / name, solution=patch, patches=extra)
-        database = f"{postgres_url.rsplit('/', 1)[1]}_n1_{name.replace('-', '_')}"
-        databases.append(database)
-        env = lab_env(
-            root, database_url=fresh_database(database), redis_url=REDIS_URL if redis else None
-        )
+    def __getitem__(self, name: str) -> tuple[int, dict]:
+        if name not in self.runs:
+            self.runs[name] = self._run(name, *DIRECTIONS[name])
+        return self.runs[name]
+
+    def _run(self, name: str, patch: str | None, *args: str) -> tuple[int, dict]:
+        shortcut = SHORTCUTS / f"{name}.patch"
+        extra = (shortcut,) if name in SHORTCUT_BREAKS else ()
+        root = copy_lab(REPO_ROOT, self.tmp / name, solution=patch, patches=extra)
+        database = f"{self.postgres_url.rsplit('/', 1)[1]}_n1_{name.replace('-', '_')}"
+        self.databases.append(database)
+        # The fix keeps its profile cache in Redis, as the compose lab does.
+        redis = REDIS_URL if patch else None
+        env = lab_env(root, database_url=fresh_database(database), redis_url=redis)
         try:
             up = run_drill(root, env, "up", "--native", "--only", "feed", "--only", "profiles")
             assert up.returncode == 0, up.stderr + up.stdout
@@ -71,23 +75,27 @@ def results(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
         finally:
             run_drill(root, env, "down")
 
+
+# Each direction: the solution it runs on (None: as shipped) and verify's arguments.
+DIRECTIONS: dict[str, tuple[str | None, ...]] = {
+    "shipped": (None, "--duration", SHIPPED_SECONDS),
+    "patched": ("n-plus-one", "--duration", PATCHED_SECONDS),
+    "baseline": (None, "--duration", PATCHED_SECONDS, "--baseline"),
+    "patched-2x": ("n-plus-one", "--duration", PATCHED_SECONDS, "--users", "40"),
+    **dict.fromkeys(SHORTCUT_BREAKS, ("n-plus-one", "--duration", PATCHED_SECONDS)),
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Results]:
+    """The directions of this module, each run once when a test first asks for it."""
+    if not redis_reachable():
+        need_server(f"Redis at {REDIS_URL}", "redis-server --daemonize yes")
+    runs = Results(tmp_path_factory.mktemp("n-plus-one"), postgres_url)
     try:
-        runs = {
-            "shipped": run("shipped", None, False, "--duration", SHIPPED_SECONDS),
-            "patched": run("patched", "n-plus-one", True, "--duration", PATCHED_SECONDS),
-            "baseline": run("baseline", None, False, "--duration", PATCHED_SECONDS, "--baseline"),
-            "patched-2x": run(
-                "patched-2x", "n-plus-one", True, "--duration", PATCHED_SECONDS, "--users", "40"
-            ),
-        }
-        for shortcut in SHORTCUT_BREAKS:
-            patch = SHORTCUTS / f"{shortcut}.patch"
-            runs[shortcut] = run(
-                shortcut, "n-plus-one", True, "--duration", PATCHED_SECONDS, extra=(patch,)
-            )
         yield runs
     finally:
-        for database in databases:
+        for database in runs.databases:
             drop_database(database)
 
 
@@ -102,6 +110,7 @@ def _p95_bound() -> float:
     return bound
 
 
+@pytest.mark.drill
 def test_shipped_code_with_triggers_fails(results: Results) -> None:
     """Shipped feed + triggers: p95 10x its bound, round trips per request, hangs; exit 1."""
     code, result = results["shipped"]
@@ -120,6 +129,7 @@ def test_shipped_code_with_triggers_fails(results: Results) -> None:
     assert figures["feed.event_loop_lag_max_ms"] >= 1000
 
 
+@pytest.mark.drill
 def test_reference_fix_passes_with_triggers_on(results: Results) -> None:
     """solutions/n-plus-one.patch: every SLA holds with the triggers still on, authors fresh."""
     code, result = results["patched"]
@@ -134,6 +144,7 @@ def test_reference_fix_passes_with_triggers_on(results: Results) -> None:
     assert figures["feed.external_calls_per_request_mean"] < 1, "the cache answers most reads"
 
 
+@pytest.mark.drill
 def test_shipped_code_passes_the_clean_baseline(results: Results) -> None:
     """Shipped feed with every trigger off looks healthy: 'fine in staging'."""
     code, result = results["baseline"]
@@ -144,6 +155,7 @@ def test_shipped_code_passes_the_clean_baseline(results: Results) -> None:
     assert result["figures"]["feed.authors_stale"] == 0
 
 
+@pytest.mark.drill
 @pytest.mark.parametrize("shortcut", sorted(SHORTCUT_BREAKS))
 def test_shortcuts_fail_on_what_they_break(results: Results, shortcut: str) -> None:
     """A shortcut on the fix (no profiles, or profiles cached forever) exits 1 on the business
@@ -157,17 +169,12 @@ def test_shortcuts_fail_on_what_they_break(results: Results, shortcut: str) -> N
 
 
 def test_reference_fix_at_twice_the_readers_answers_or_refuses_at_once(results: Results) -> None:
-    """Twice the drill's readers: authors and posts stay right, and every timeline succeeds or
-    is refused within 100 ms; none waits for the client's timeout."""
+    """Twice the drill's readers: authors and posts stay right, and none waits for the client's
+    timeout (how fast a refusal answers is benchmarks/degradation.py's figure)."""
     code, result = results["patched-2x"]
     figures = result["figures"]
     assert result["users"] == 2 * _scenario_users()
     for figure in ("authors_missing", "authors_wrong", "authors_stale", "posts_wrong"):
         assert figures[f"feed.{figure}"] == 0, explain(result)
     assert figures["hung_requests"] == 0, explain(result)
-    samples = (Path(result["run_dir"]) / "samples.tsv").read_text().splitlines()
-    slow_failures = [
-        line for line in samples if line.split("\t")[3] == "0" and float(line.split("\t")[2]) >= 100
-    ]
-    assert not slow_failures, slow_failures[:5]
     assert code == 0, explain(result)
