@@ -20,7 +20,7 @@ import httpx
 from drill import machine
 from drill.collectors import COLLECTORS, PROBES, SNAPSHOTS, load_acted, triggers_acted
 from drill.native import LabConfig, endpoints
-from drill.scenarios import REQUEST_FIGURES, Scenario, SlaCheck, Trigger, load_program
+from drill.scenarios import REQUEST_FIGURES, Load, Scenario, SlaCheck, Trigger, load_program
 from faults import (
     load_catalog,
     read_document,
@@ -112,6 +112,25 @@ class Judged:
     seconds: float
     window: float
     client_timeout: float | None
+
+
+def judged_stretch(started: float, seconds: float, load: Load) -> Judged:
+    """The judged stretch: from when the load started, after its warm-up, to its end."""
+    warmup = load.warmup or 0.0
+    return Judged(
+        start=started + warmup,
+        seconds=seconds - warmup,
+        window=load.window,
+        client_timeout=load.client_timeout,
+    )
+
+
+def load_start(run_dir: Path, launched: float) -> float:
+    """When Locust began its load (it writes the moment), else when verify launched it."""
+    try:
+        return float((run_dir / "locust-started").read_text())
+    except (FileNotFoundError, ValueError):
+        return launched
 
 
 def stuck_windows(samples: list[Sample], judged: Judged) -> int:
@@ -237,6 +256,7 @@ def _run_locust(
         "DRILL_GROUND_TRUTH": str(run_dir / "truth.jsonl"),
         "DRILL_RUN_ID": run_dir.name,
         "DRILL_ACTED": str(run_dir / "locust-acted.json"),
+        "DRILL_LOAD_STARTED": str(run_dir / "locust-started"),
         "DRILL_CLIENT_TIMEOUT_S": str(load.client_timeout or ""),
         # Load tests that read flags (feed.heavy_users) read this lab's.
         "DRILL_STATE_DIR": str(run_dir.parents[1]),
@@ -351,16 +371,10 @@ def run_verify(
                     f"({type(exc).__name__}: {exc}); see `drill status` and its log"
                 ) from None
     samples = read_samples(run_dir / "samples.tsv")
+    judged = judged_stretch(load_start(run_dir, load_started), seconds, scenario.load)
     if warmup:
         # Requests started while users were still spawning and caches were cold are not judged.
-        cutoff = load_started + warmup
-        samples = [s for s in samples if s.started is None or s.started >= cutoff]
-    judged = Judged(
-        start=load_started + warmup,
-        seconds=seconds - warmup,
-        window=scenario.load.window,
-        client_timeout=scenario.load.client_timeout,
-    )
+        samples = [s for s in samples if s.started is None or s.started >= judged.start]
     figures.update(request_figures(samples, judged))
     # The baseline asks "does it look healthy?"; checks of how the fix works do not apply.
     sla = [check for check in scenario.sla if check.baseline or not baseline]

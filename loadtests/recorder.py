@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from typing import Any, TextIO
 
 from locust import events
@@ -82,6 +83,16 @@ def _write_acted() -> None:
             acted[flag] = acted.get(flag, 0) + sum(variants.values())
     with open(path, "w") as handle:
         json.dump(acted, handle)
+
+
+@events.test_start.add_listener
+def _on_test_start(**_kwargs: Any) -> None:
+    # When the load really began: Locust takes a moment to start, longer on a slow machine,
+    # and verify judges from here rather than from when it launched Locust.
+    path = os.environ.get("DRILL_LOAD_STARTED")
+    if path:
+        with open(path, "w") as handle:
+            handle.write(f"{time.time():.3f}\n")
 
 
 @events.test_stop.add_listener

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from drill.scenarios import ScenarioFileError, Trigger, load_program
-from drill.verify import Judged, Sample, request_figures, stuck_windows, trigger_checks
+from drill.scenarios import Load, ScenarioFileError, Trigger, load_program
+from drill.verify import (
+    Judged,
+    Sample,
+    judged_stretch,
+    load_start,
+    request_figures,
+    stuck_windows,
+    trigger_checks,
+)
 from tests.conftest import REPO_ROOT
 
 START = 1_000_000.0
@@ -38,6 +46,22 @@ def test_a_success_counts_where_it_completes_not_where_it_starts() -> None:
 def test_no_samples_at_all_means_every_window_is_stuck() -> None:
     """A load that got no answer at all is stuck for the whole judged stretch."""
     assert stuck_windows([], JUDGED) == 5
+
+
+def test_the_judged_stretch_starts_when_locust_began_not_when_it_was_launched(
+    tmp_path: Path,
+) -> None:
+    """A Locust that began its load 3 s after launch leaves no stuck window before then; the
+    warm-up counts from that moment too."""
+    load = Load(locustfile="x.py", user="U", users=1, spawn_rate=1, duration=10, host="h", warmup=1)
+    (tmp_path / "locust-started").write_text(f"{START + 3:.3f}\n")
+    judged = judged_stretch(load_start(tmp_path, START), 10.0, load)
+    assert (judged.start, judged.seconds) == (START + 3 + 1, 9.0)
+    samples = [order(3 + t / 2, 50) for t in range(20)]
+    assert stuck_windows(samples, judged) == 0
+    launched = judged_stretch(load_start(tmp_path / "elsewhere", START), 10.0, load)
+    assert launched.start == START + 1
+    assert stuck_windows(samples, launched) == 1
 
 
 def test_requests_that_ran_into_the_client_timeout_hung() -> None:

@@ -85,7 +85,8 @@ def _inject_conditions(
     """Wire the environment's latency flags (catalog metadata `injects`) around the database.
 
     They live here, not in the service: a team that deletes a condition from its own code
-    has removed the symptom, not the defect.
+    has removed the symptom, not the defect. (`tax.lookup` belongs to the chain's tax-store
+    adapter, services/chain/tax.py, which reads its flag itself.)
     """
     for spec in flags.catalog.flags.values():
         if spec.service != service or spec.injects is None:
