@@ -17,7 +17,12 @@ can do. It prints the verdict counts per direction and mode, and the spread (min
 of every figure the checks judged.
 
 Run: .venv/bin/python benchmarks/verdict_stability.py --runs 10 [--modes normal,pinned]
-     [--scenarios fp-drift,...] [--duration SECONDS]
+     [--scenarios fp-drift,...] [--duration [SCENARIO=]SECONDS ...] [--cpu N] [--json FILE]
+
+Ten runs of every direction in both modes take hours, so the work can be split and the parts
+merged: `--cpu 1` pins a second pinned-mode lane to the other CPU (each lab still gets one CPU;
+the two lanes share Postgres, so each lane is a little slower than a lone pinned run), `--json`
+keeps every run, and `--report a.json b.json ...` prints the tables over all of them.
 """
 
 from __future__ import annotations
@@ -97,11 +102,11 @@ def directions(scenario: str) -> list[Direction]:
 
 
 @contextlib.contextmanager
-def mode_environment(mode: str) -> Iterator[None]:
-    """DRILL_PIN_CPUS=0 for the pinned mode (native.up and verify read it), unset otherwise."""
+def mode_environment(mode: str, cpu: int) -> Iterator[None]:
+    """DRILL_PIN_CPUS=<cpu> for the pinned mode (native.up and verify read it), else unset."""
     saved = os.environ.get(PIN_ENV)
     if mode == "pinned":
-        os.environ[PIN_ENV] = "0"
+        os.environ[PIN_ENV] = str(cpu)
     else:
         os.environ.pop(PIN_ENV, None)
     try:
@@ -140,34 +145,75 @@ def run_once(
         return done.returncode, json.loads(result_path.read_text())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--modes", default="normal,pinned")
-    parser.add_argument("--scenarios", default=",".join(DRILLS))
-    parser.add_argument(
-        "--duration", type=float, default=None, help="seconds of load (default: the scenario's)"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="write every run's figures here")
-    args = parser.parse_args()
-    scenarios = [s for s in args.scenarios.split(",") if s]
-    modes = [m for m in args.modes.split(",") if m]
-    unknown = [s for s in scenarios if s not in DRILLS] + [
-        m for m in modes if m not in ("normal", "pinned")
-    ]
-    if unknown:
-        parser.error(f"unknown scenario or mode: {', '.join(unknown)}")
+def parse_durations(given: list[str], scenarios: list[str]) -> dict[str, float | None]:
+    """'30' sets every scenario, 'n-plus-one=40' one of them (over any plain value)."""
+    plain: float | None = None
+    named: dict[str, float] = {}
+    for item in given:
+        name, _, seconds = item.rpartition("=")
+        if name and name not in scenarios:
+            raise ValueError(f"--duration {item}: {name!r} is not one of {', '.join(scenarios)}")
+        try:
+            value = float(seconds)
+        except ValueError:
+            raise ValueError(f"--duration {item}: {seconds!r} is not a number of seconds") from None
+        if value <= 0:
+            raise ValueError(f"--duration {item}: seconds must be positive")
+        if name:
+            named[name] = value
+        else:
+            plain = value
+    return {scenario: named.get(scenario, plain) for scenario in scenarios}
 
-    backend = backend_note()
-    header(
-        "Verdict stability: every direction of every drill, N times, normal and pinned",
-        [
-            f"runs per direction and mode: {args.runs}; backend: {backend}; "
-            f"load: {'the scenario duration' if not args.duration else f'{args.duration:g} s'}",
-            f"host: {os.cpu_count()} CPUs; pinned = lab and Locust on CPU 0 ({PIN_ENV}=0)",
-            f"run id: {uuid.uuid4().hex[:8]}",
-        ],
-    )
+
+def git_commit() -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    return (done.stdout.strip() or "unknown") + ("+changes" if dirty else "")
+
+
+def run_all(
+    scenarios: list[str],
+    modes: list[str],
+    runs: int,
+    durations: dict[str, float | None],
+    cpu: int,
+) -> list[dict[str, Any]]:
+    """Every direction of every scenario, `runs` times per mode; one record per run."""
+    records = []
+    started = time.monotonic()
+    commit = git_commit()
+    plan = {scenario: directions(scenario) for scenario in scenarios}
+    for mode in modes:
+        with mode_environment(mode, cpu):
+            for run in range(runs):
+                for scenario, found in plan.items():
+                    for direction in found:
+                        duration = durations.get(scenario)
+                        code, result = run_once(scenario, direction, duration)
+                        records.append(
+                            {"scenario": scenario, "direction": direction.name, "mode": mode,
+                             "cpu": cpu if mode == "pinned" else None, "run": run,
+                             "expect": direction.expect, "exit": code, "commit": commit,
+                             "duration": duration, "result": result}
+                        )  # fmt: skip
+                        mark = "ok" if code == direction.expect else "UNEXPECTED"
+                        print(
+                            f"[{time.monotonic() - started:6.0f}s] {mode} run {run + 1}: "
+                            f"{scenario} {direction.name}: exit {code} ({mark})",
+                            flush=True,
+                        )
+    return records
+
+
+def report(records: list[dict[str, Any]]) -> bool:
+    """Print the verdict counts and the spread of every judged figure; True when all held."""
     verdicts: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     figures: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(
         lambda: defaultdict(list)
@@ -176,36 +222,17 @@ def main() -> None:
         lambda: defaultdict(int)
     )
     expected: dict[tuple[str, str], int] = {}
-    records = []
-    started = time.monotonic()
-    plan = {scenario: directions(scenario) for scenario in scenarios}
-    for mode in modes:
-        with mode_environment(mode):
-            for run in range(args.runs):
-                for scenario, found in plan.items():
-                    for direction in found:
-                        key = (scenario, direction.name, mode)
-                        expected[(scenario, direction.name)] = direction.expect
-                        code, result = run_once(scenario, direction, args.duration)
-                        verdicts[key].append(code)
-                        for check in result.get("checks", []):
-                            figures[key][check["figure"]].append(float(check["value"]))
-                            if not check["passed"]:
-                                failed_checks[key][check["name"]] += 1
-                        records.append(
-                            {"scenario": scenario, "direction": direction.name, "mode": mode,
-                             "run": run, "exit": code, "result": result}
-                        )  # fmt: skip
-                        mark = "ok" if code == direction.expect else "UNEXPECTED"
-                        print(
-                            f"[{time.monotonic() - started:6.0f}s] {mode} run {run + 1}: "
-                            f"{scenario} {direction.name}: exit {code} ({mark})",
-                            flush=True,
-                        )
-    if args.json:
-        args.json.write_text(json.dumps(records, indent=1, allow_nan=True))
+    for record in records:
+        key = (record["scenario"], record["direction"], record["mode"])
+        expected[key[:2]] = record["expect"]
+        verdicts[key].append(record["exit"])
+        for check in record["result"].get("checks", []):
+            figures[key][check["figure"]].append(float(check["value"]))
+            if not check["passed"]:
+                failed_checks[key][check["name"]] += 1
+        if "error" in record["result"]:
+            failed_checks[key][f"error: {record['result']['error']}"] += 1
 
-    print()
     rows = []
     for (scenario, name, mode), codes in sorted(verdicts.items()):
         want = expected[(scenario, name)]
@@ -228,7 +255,72 @@ def main() -> None:
         all(code == expected[(s, n)] for code in codes) for (s, n, _), codes in verdicts.items()
     )
     print(f"\nevery direction gave its expected verdict in every run: {'yes' if stable else 'NO'}")
-    sys.exit(0 if stable else 1)
+    return stable
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--modes", default="normal,pinned")
+    parser.add_argument("--scenarios", default=",".join(DRILLS))
+    parser.add_argument(
+        "--duration", action="append", default=[], metavar="[SCENARIO=]SECONDS",
+        help="seconds of load, for every scenario or one (default: the scenario's own)",
+    )  # fmt: skip
+    parser.add_argument("--cpu", type=int, default=0, help="the CPU the pinned mode uses")
+    parser.add_argument("--json", type=Path, default=None, help="write every run's figures here")
+    parser.add_argument(
+        "--report", type=Path, nargs="+", default=None, metavar="JSON",
+        help="print the tables over runs kept with --json, and run nothing",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.report:
+        records = []
+        for path in args.report:
+            try:
+                records.extend(json.loads(path.read_text()))
+            except (OSError, ValueError) as exc:
+                parser.error(f"{path}: {exc}")
+        commits = sorted({str(r.get("commit")) for r in records})
+        header(
+            "Verdict stability: merged runs",
+            [f"files: {', '.join(map(str, args.report))}", f"commits: {', '.join(commits)}"],
+        )
+        sys.exit(0 if report(records) else 1)
+
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = [s for s in scenarios if s not in DRILLS] + [
+        m for m in modes if m not in ("normal", "pinned")
+    ]
+    if unknown:
+        parser.error(f"unknown scenario or mode: {', '.join(unknown)}")
+    try:
+        durations = parse_durations(args.duration, scenarios)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not 0 <= args.cpu < (os.cpu_count() or 1):
+        parser.error(f"--cpu {args.cpu}: this machine has CPUs 0..{(os.cpu_count() or 1) - 1}")
+
+    backend = backend_note()
+    header(
+        "Verdict stability: every direction of every drill, N times, normal and pinned",
+        [
+            f"runs per direction and mode: {args.runs}; backend: {backend}; "
+            "load: "
+            + ", ".join(
+                f"{s} {durations[s]:g} s" if durations.get(s) else f"{s} its own" for s in scenarios
+            ),
+            f"host: {os.cpu_count()} CPUs; pinned = lab and Locust on CPU {args.cpu} "
+            f"({PIN_ENV}={args.cpu}); commit {git_commit()}",
+            f"run id: {uuid.uuid4().hex[:8]}",
+        ],
+    )
+    records = run_all(scenarios, modes, args.runs, durations, args.cpu)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1, allow_nan=True))
+    print()
+    sys.exit(0 if report(records) else 1)
 
 
 if __name__ == "__main__":
