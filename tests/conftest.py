@@ -15,25 +15,6 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pin_each_worker() -> None:
-    """DRILL_PIN_CPUS=per-worker: each pytest-xdist worker pins its labs to a CPU of its own.
-
-    CI runs the drills' verdicts in two lanes (`-n 2`): worker gwN's labs and Locust on CPU N,
-    so each lab still has one CPU, the slow-machine mode, and the two lanes take half the time.
-    Without xdist it is CPU 0.
-    """
-    from drill.machine import PIN_ENV
-
-    if os.environ.get(PIN_ENV) != "per-worker":
-        return
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
-    os.environ[PIN_ENV] = str(index % (os.cpu_count() or 1))
-
-
-_pin_each_worker()
-
-
 def need_server(what: str, how_to_start: str) -> None:
     """Fail under CI=true, skip locally: a test without its server proves nothing."""
     message = f"{what} is not reachable; start it with: {how_to_start}"
