@@ -184,6 +184,7 @@ def run_all(
     runs: int,
     durations: dict[str, float | None],
     cpu: int,
+    keep: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Every direction of every scenario, `runs` times per mode; one record per run."""
     records = []
@@ -203,13 +204,30 @@ def run_all(
                              "expect": direction.expect, "exit": code, "commit": commit,
                              "duration": duration, "result": result}
                         )  # fmt: skip
+                        if keep is not None:  # a run cut short still leaves what it did
+                            keep.write_text(json.dumps(records, indent=1, allow_nan=True))
                         mark = "ok" if code == direction.expect else "UNEXPECTED"
                         print(
                             f"[{time.monotonic() - started:6.0f}s] {mode} run {run + 1}: "
-                            f"{scenario} {direction.name}: exit {code} ({mark})",
+                            f"{scenario} {direction.name}: exit {code} ({mark})"
+                            f"{missed(result)}",
                             flush=True,
                         )
     return records
+
+
+def missed(result: dict[str, Any]) -> str:
+    """'; missed: name (figure value vs bound), ...' for the checks a run failed, or ''."""
+    if "error" in result:
+        return f"; error: {result['error']}"
+    failed = [
+        f"{c['name']} ({c['figure']} {c['value']:g} vs "
+        f"{'max ' + format(c['max'], 'g') if c.get('max') is not None else ''}"
+        f"{' min ' + format(c['min'], 'g') if c.get('min') is not None else ''})"
+        for c in result.get("checks", [])
+        if not c["passed"]
+    ]
+    return f"; missed: {', '.join(failed)}" if failed else ""
 
 
 def report(records: list[dict[str, Any]]) -> bool:
@@ -316,9 +334,7 @@ def main() -> None:
             f"run id: {uuid.uuid4().hex[:8]}",
         ],
     )
-    records = run_all(scenarios, modes, args.runs, durations, args.cpu)
-    if args.json:
-        args.json.write_text(json.dumps(records, indent=1, allow_nan=True))
+    records = run_all(scenarios, modes, args.runs, durations, args.cpu, keep=args.json)
     print()
     sys.exit(0 if report(records) else 1)
 
