@@ -139,12 +139,6 @@ def reset_flags(directory: Path, catalog: Catalog) -> None:
         write_document(directory / STATE_FILE_NAME, catalog.defaults_document())
 
 
-def restore_document(directory: Path, document: Mapping[str, Any]) -> None:
-    """Put back a document read earlier (the runner's rollback)."""
-    with _locked(directory):
-        write_document(directory / STATE_FILE_NAME, document)
-
-
 def describe(definition: Mapping[str, Any]) -> tuple[str, FlagValue | None, float | None]:
     """The variant a definition serves, its value, and the share it targets (None = everyone)."""
     targeting = definition.get("targeting") or {}
