@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from drill.cli import app
 from drill.scenarios import load_program
 from faults import (
     DEFAULT,
@@ -33,6 +36,7 @@ from tests.conftest import REPO_ROOT
 CATALOG = load_catalog()
 FX, LATENCY, CALLBACK = "ledger.fx_conversion", "ledger.commit_latency_ms", "chain.fraud_callback"
 PROFILES, HEAVY = "profiles.latency_ms", "feed.heavy_users"
+runner = CliRunner()
 
 
 def live(directory: Path) -> dict[str, tuple[str, float | None]]:
@@ -324,3 +328,61 @@ def test_concurrent_writers_on_two_layers_lose_nothing(tmp_path: Path) -> None:
         for layer in (PROGRAM, INSTRUCTOR):
             content = json.loads(layer_file(directory, layer).read_text())
             assert sorted(content["flags"]) == sorted(k for k in wanted if layers[k] == layer)
+
+
+@pytest.fixture
+def cli_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A state dir for CLI flag commands; nothing is started and no port is taken."""
+    monkeypatch.setenv("DRILL_STATE_DIR", str(tmp_path))
+    yield tmp_path
+
+
+def flags_cli(*args: str) -> str:
+    result = runner.invoke(app, ["flags", *args, "--root", str(REPO_ROOT)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def row(listing: str, key: str) -> str:
+    return next(line for line in listing.splitlines() if f" {key} " in line)
+
+
+def test_cli_set_writes_the_instructor_layer_and_list_shows_each_source(cli_state: Path) -> None:
+    """flags set writes the instructor's layer; flags list names the layer of each live value."""
+    set_layer_flags(cli_state, CATALOG, PROGRAM, {FX: ("on", None)}, by="program: phase 1")
+    flags_cli("set", LATENCY, "slow", "--percent", "5")
+    assert json.loads(layer_file(cli_state, INSTRUCTOR).read_text())["flags"][LATENCY]["by"] == (
+        INSTRUCTOR
+    )
+    listing = flags_cli("list")
+    assert "program (program: phase 1)" in row(listing, FX)
+    assert "slow (1500) for 5%" in row(listing, LATENCY)
+    assert " instructor " in row(listing, LATENCY)
+    assert " default " in row(listing, CALLBACK)
+
+
+def test_cli_reset_clears_only_the_instructors_flags_and_all_clears_every_layer(
+    cli_state: Path,
+) -> None:
+    """flags reset leaves the program's flags on and says so; --all turns everything off."""
+    set_layer_flags(cli_state, CATALOG, PROGRAM, {FX: ("on", None)})
+    flags_cli("set", CALLBACK, "on")
+    flags_cli("set", LATENCY, "slow")
+    assert "cleared chain.fraud_callback" in flags_cli("reset", CALLBACK)
+    assert on(cli_state) == {FX: ("on", None), LATENCY: ("slow", None)}
+    output = flags_cli("reset")
+    assert "instructor layer: cleared ledger.commit_latency_ms" in output
+    assert "ledger.fx_conversion is on: the program layer decides it" in output
+    assert on(cli_state) == {FX: ("on", None)}
+    output = flags_cli("reset", "--all")
+    assert "program layer: cleared ledger.fx_conversion" in output
+    assert on(cli_state) == {}
+
+
+def test_cli_set_during_a_verify_run_says_the_run_holds_the_flag(cli_state: Path) -> None:
+    """A flag set while a verify overlay runs is stored, and the instructor is told it waits."""
+    with verify_overlay(cli_state, CATALOG, {}, by="verify fp-drift --baseline"):
+        output = flags_cli("set", FX, "on")
+        assert "ledger.fx_conversion is off: the verify layer decides it" in output
+        assert on(cli_state) == {}
+    assert on(cli_state) == {FX: ("on", None)}
