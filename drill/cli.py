@@ -14,13 +14,16 @@ from drill import compose, native, solutions
 from drill.scenarios import ScenarioFileError, load_program
 from drill.verify import VerifyError, VerifyResult, run_verify
 from faults import (
+    DEFAULT,
+    INSTRUCTOR,
+    LAYERS,
+    Catalog,
     FlagStateError,
+    clear_layer,
     describe,
+    live_flags,
     load_catalog,
-    read_document,
-    reset_flags,
-    set_flags,
-    state_path,
+    set_layer_flags,
 )
 
 app = typer.Typer(help="Run the 3 A.M. Drill lab: start it, flip its flags, verify fixes.")
@@ -130,18 +133,26 @@ def serve(
 
 @flags_app.command("list")
 def flags_list(root: RootOption = None) -> None:
-    """Every flag, its live variant and what it does."""
+    """Every flag, its live variant, the layer it comes from and what it does."""
     config = _config(root)
     catalog = load_catalog()
-    document = read_document(state_path(config.state_dir), catalog)
-    table = Table("flag", "live", "variants", "description")
+    live = live_flags(config.state_dir, catalog)
+    table = Table("flag", "live", "from", "variants", "description")
     for key, spec in catalog.flags.items():
-        variant, value, share = describe(document["flags"][key])
-        live = f"{variant} ({value!r})" + (f" for {share:g}%" if share is not None else "")
+        variant, value, share = describe(live[key].definition)
+        shown = f"{variant} ({value!r})" + (f" for {share:g}%" if share is not None else "")
         if variant != spec.default_variant:
-            live = f"[yellow]{live}[/yellow]"
-        table.add_row(key, live, ", ".join(spec.variants), spec.description)
+            shown = f"[yellow]{shown}[/yellow]"
+        source = live[key].layer
+        if live[key].by not in (None, "", source):
+            source += f" ({live[key].by})"
+        table.add_row(key, shown, source, ", ".join(spec.variants), spec.description)
     console.print(table)
+    console.print(
+        f"layers, later wins: {' < '.join(LAYERS)}; `drill flags set` and `reset` change only "
+        f"the {INSTRUCTOR}'s",
+        highlight=False,
+    )
 
 
 @flags_app.command("set")
@@ -153,21 +164,56 @@ def flags_set(
     ] = None,
     root: RootOption = None,
 ) -> None:
-    """Set FLAG to VARIANT (services pick it up within a second)."""
+    """Set FLAG to VARIANT in the instructor's layer (services pick it up within a second)."""
     config = _config(root)
+    catalog = load_catalog()
     try:
-        set_flags(config.state_dir, load_catalog(), {flag: (variant, percent)})
+        set_layer_flags(
+            config.state_dir, catalog, INSTRUCTOR, {flag: (variant, percent)}, by=INSTRUCTOR
+        )
     except (FlagStateError, KeyError) as exc:
         raise _fail(str(exc).strip('"')) from None
     share = f" for {percent:g}%" if percent is not None else ""
     console.print(f"{flag} = {variant}{share}")
+    _note_held(config, catalog, [flag])
 
 
 @flags_app.command("reset")
-def flags_reset(root: RootOption = None) -> None:
-    """Every flag back to off."""
-    reset_flags(_config(root).state_dir, load_catalog())
-    console.print("every flag is at its default (off)")
+def flags_reset(
+    flags: Annotated[
+        list[str] | None, typer.Argument(help="Only these flags (default: all of yours).")
+    ] = None,
+    every_layer: Annotated[
+        bool,
+        typer.Option("--all", help="Clear every layer (program, verify too): after a crash."),
+    ] = False,
+    root: RootOption = None,
+) -> None:
+    """Take back the instructor's flags; the program's and a verify run's stand."""
+    config = _config(root)
+    catalog = load_catalog()
+    layers = LAYERS if every_layer else (INSTRUCTOR,)
+    try:
+        for layer in layers:
+            cleared = clear_layer(config.state_dir, catalog, layer, flags)
+            console.print(f"{layer} layer: cleared {', '.join(cleared) or 'nothing'}")
+    except FlagStateError as exc:
+        raise _fail(str(exc)) from None
+    _note_held(config, catalog, flags or list(catalog.flags), only_on=True)
+
+
+def _note_held(
+    config: native.LabConfig, catalog: Catalog, keys: list[str], *, only_on: bool = False
+) -> None:
+    """Say which of these flags another layer decides, so the instructor is not surprised."""
+    live = live_flags(config.state_dir, catalog)
+    for key in keys:
+        layer = live[key].layer
+        variant, _, _ = describe(live[key].definition)
+        if only_on and variant == catalog[key].default_variant:
+            continue
+        if layer not in (INSTRUCTOR, DEFAULT):
+            console.print(f"{key} is {variant}: the {layer} layer decides it", highlight=False)
 
 
 @app.command()

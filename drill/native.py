@@ -319,7 +319,8 @@ def _prepare(config: LabConfig) -> None:
         )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     if not faults.state_path(config.state_dir).exists():
-        faults.reset_flags(config.state_dir, faults.load_catalog())
+        # From the layers, when a state dir kept them (all defaults on a fresh one).
+        faults.recompute_document(config.state_dir, faults.load_catalog())
 
 
 @contextlib.contextmanager

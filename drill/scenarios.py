@@ -7,12 +7,24 @@ Each scenario follows a chaos experiment's order: steady state (the lab answers)
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from drill.agenda import (
+    ENTRY_TAG_POSITION,
+    ClockTime,
+    Entry,
+    Location,
+    Phase,
+    Problem,
+    Rotation,
+    agenda_problems,
+)
+from drill.program.rotation import draw
 from faults import Catalog, load_catalog
 
 # Figures drill verify can check; collectors for a service add their own names.
@@ -174,19 +186,21 @@ class Scenario(Strict):
     hints: list[str] = []
 
 
-class Phase(Strict):
-    name: str
-    start: str = Field(pattern=r"^\d:\d\d$")
-    end: str = Field(pattern=r"^\d:\d\d$")
-    triggers: Literal["off", "on"]
-    scenarios: list[str] = []
-    checkpoint: str | None = None
+def _retired_version(value: Any) -> Any:
+    if value == 1:
+        raise ValueError(
+            "version 1 is retired: its phases: became agenda: (phases and breaks) with length: "
+            "and rotation:; see the lab's scenarios.yaml"
+        )
+    return value
 
 
 class Program(Strict):
-    version: Literal[1]
+    version: Annotated[Literal[2], BeforeValidator(_retired_version)]
     scenarios: dict[str, Scenario] = Field(min_length=1)
-    phases: list[Phase] = []
+    length: ClockTime = Field(description="The workshop's length, H:MM; the agenda fills it")
+    agenda: list[Entry] = Field(min_length=1)
+    rotation: Rotation | None = Field(None, description="Default: every scenario live, no decoys")
 
     def scenario(self, name: str) -> Scenario:
         try:
@@ -194,6 +208,15 @@ class Program(Strict):
         except KeyError:
             known = ", ".join(sorted(self.scenarios))
             raise ScenarioFileError(f"no scenario {name!r}; known: {known}") from None
+
+    def agenda_scenarios(self) -> tuple[str, ...]:
+        """The known scenarios the agenda's phases name, in order of first appearance."""
+        named = (s for e in self.agenda if isinstance(e, Phase) for s in e.scenarios)
+        return tuple(dict.fromkeys(s for s in named if s in self.scenarios))
+
+    def services(self) -> frozenset[str]:
+        """Every service a scenario involves: the lab's services a decoy may hit."""
+        return frozenset(service for s in self.scenarios.values() for service in s.services)
 
 
 class ScenarioFileError(ValueError):
@@ -225,27 +248,25 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return text or "(top)"
 
 
-def _check_flags(program: Program, catalog: Catalog, root: yaml.Node, path: Path) -> None:
+def _trigger_problems(program: Program, catalog: Catalog) -> Iterator[Problem]:
     for name, scenario in program.scenarios.items():
         for index, trigger in enumerate(scenario.triggers):
-            loc: tuple[int | str, ...] = ("scenarios", name, "triggers", index)
-            where = f"{path}:{_line_of(root, loc)}: {_dotted(loc)}"
+            here: Location = ("scenarios", name, "triggers", index)
             if trigger.flag not in catalog:
-                raise ScenarioFileError(f"{where}.flag: unknown flag {trigger.flag!r}")
-            spec = catalog[trigger.flag]
-            if trigger.variant not in spec.variants:
-                choices = ", ".join(spec.variants)
-                raise ScenarioFileError(
-                    f"{where}.variant: {trigger.flag} has no variant {trigger.variant!r}; "
-                    f"choose one of: {choices}"
-                )
-    for index, phase in enumerate(program.phases):
-        for scenario_name in phase.scenarios:
-            if scenario_name not in program.scenarios:
-                loc = ("phases", index, "scenarios")
-                raise ScenarioFileError(
-                    f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: no scenario {scenario_name!r}"
-                )
+                yield (*here, "flag"), f"unknown flag {trigger.flag!r}"
+            elif trigger.variant not in catalog[trigger.flag].variants:
+                choices = ", ".join(catalog[trigger.flag].variants)
+                message = f"{trigger.flag} has no variant {trigger.variant!r}"
+                yield (*here, "variant"), f"{message}; choose one of: {choices}"
+
+
+def _problems(program: Program, catalog: Catalog) -> Iterator[Problem]:
+    """What the models cannot see alone: the catalog, the agenda as a whole, the rotation."""
+    yield from _trigger_problems(program, catalog)
+    yield from agenda_problems(program, catalog)
+    if program.rotation is not None:
+        # Under the file's own seed; the runner checks a seed given on its command line.
+        yield from draw(program, program.rotation.seed).problems
 
 
 def load_program(path: Path, catalog: Catalog | None = None) -> Program:
@@ -268,10 +289,15 @@ def load_program(path: Path, catalog: Catalog | None = None) -> Program:
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = tuple(error["loc"])
+        if loc[:1] == ("agenda",) and len(loc) > ENTRY_TAG_POSITION:
+            loc = loc[:ENTRY_TAG_POSITION] + loc[ENTRY_TAG_POSITION + 1 :]
         message = error["msg"].removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ScenarioFileError(
             f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: {message}{more}"
         ) from None
-    _check_flags(program, catalog or load_catalog(), root, path)
+    problem = next(_problems(program, catalog or load_catalog()), None)
+    if problem is not None:
+        loc, message = problem
+        raise ScenarioFileError(f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: {message}")
     return program

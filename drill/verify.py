@@ -1,4 +1,4 @@
-"""drill verify: set a scenario's triggers, drive Locust, check the SLAs, restore the flags."""
+"""drill verify: overlay a scenario's triggers, drive Locust, check the SLAs, lift the overlay."""
 
 from __future__ import annotations
 
@@ -21,15 +21,7 @@ from drill import machine
 from drill.collectors import COLLECTORS, PROBES, SNAPSHOTS, load_acted, triggers_acted
 from drill.native import LabConfig, endpoints
 from drill.scenarios import REQUEST_FIGURES, Load, Scenario, SlaCheck, Trigger, load_program
-from faults import (
-    load_catalog,
-    read_document,
-    reset_flags,
-    restore_document,
-    set_flags,
-    state_path,
-    write_document,
-)
+from faults import FlagStateError, load_catalog, verify_overlay, write_document
 
 # Services poll the flag file every 200 ms; one second covers a loaded machine.
 FLAG_SETTLE_S = 1.0
@@ -300,6 +292,28 @@ def _acted(scenario: Scenario, urls: dict[str, str]) -> Counter[str]:
     return total
 
 
+def _drive(
+    root: Path, scenario: Scenario, urls: dict[str, str], run_dir: Path, users: int, seconds: float
+) -> tuple[Counter[str], float]:
+    """Let the flags settle, take the checks' first reads, run the load; returns the trigger
+    evaluations counted before it and when it started."""
+    time.sleep(FLAG_SETTLE_S)
+    acted_before = _acted(scenario, urls)
+    for service in scenario.services:
+        snapshot = SNAPSHOTS.get(service)
+        if snapshot is not None:
+            try:
+                snapshot(urls[service], run_dir)
+            except httpx.HTTPError as exc:
+                raise VerifyError(
+                    f"{service} did not answer the checks' first read "
+                    f"({type(exc).__name__}: {exc}); see `drill status` and its log"
+                ) from None
+    load_started = time.time()
+    _run_locust(root, scenario, urls, run_dir, users, seconds)
+    return acted_before, load_started
+
+
 def run_verify(
     config: LabConfig,
     scenario_name: str,
@@ -308,7 +322,7 @@ def run_verify(
     seconds: float | None = None,
     users: int | None = None,
 ) -> VerifyResult:
-    """One verification run; the flags in force before it are restored whatever happens."""
+    """One verification run; its overlay on the flags is lifted whatever happens."""
     root, state_dir = config.root, config.state_dir
     catalog = load_catalog()
     program = load_program(root / "scenarios.yaml", catalog)
@@ -329,31 +343,17 @@ def run_verify(
             f"{warmup:g} s first; give a longer duration"
         )
 
-    saved = read_document(state_path(state_dir), catalog)
+    # Baseline: every flag at its default; otherwise the triggers and every other flag at its
+    # default, so the verdict does not depend on what the program or the instructor has on.
+    triggers = {} if baseline else {t.flag: (t.variant, t.percent) for t in scenario.triggers}
+    by = f"verify {scenario_name}" + (" --baseline" if baseline else "")
     try:
-        if baseline:
-            reset_flags(state_dir, catalog)
-        else:
-            triggers = {t.flag: (t.variant, t.percent) for t in scenario.triggers}
-            set_flags(state_dir, catalog, triggers, reset_others=True)
-        # The flags the run set, for collectors whose expectations depend on them.
-        write_document(run_dir / "flags.json", read_document(state_path(state_dir), catalog))
-        time.sleep(FLAG_SETTLE_S)
-        acted_before = _acted(scenario, urls)
-        for service in scenario.services:
-            snapshot = SNAPSHOTS.get(service)
-            if snapshot is not None:
-                try:
-                    snapshot(urls[service], run_dir)
-                except httpx.HTTPError as exc:
-                    raise VerifyError(
-                        f"{service} did not answer the checks' first read "
-                        f"({type(exc).__name__}: {exc}); see `drill status` and its log"
-                    ) from None
-        load_started = time.time()
-        _run_locust(root, scenario, urls, run_dir, users, seconds)
-    finally:
-        restore_document(state_dir, saved)
+        with verify_overlay(state_dir, catalog, triggers, by=by) as document:
+            # The flags the run set, for collectors whose expectations depend on them.
+            write_document(run_dir / "flags.json", document)
+            acted_before, load_started = _drive(root, scenario, urls, run_dir, users, seconds)
+    except FlagStateError as exc:
+        raise VerifyError(str(exc)) from None
     time.sleep(DRAIN_S)
 
     figures: dict[str, float] = {}

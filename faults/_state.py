@@ -1,4 +1,9 @@
-"""The live flag state: $DRILL_STATE_DIR/flags.json, written atomically."""
+"""The live flag state: $DRILL_STATE_DIR/flags.json, written atomically.
+
+The lab's writers (runner, instructor, verify) go through the layers in faults._layers, which
+recompute this file; `set_flags` and `reset_flags` write it directly, for a state dir that only
+one writer uses (a test's or a benchmark's own lab).
+"""
 
 from __future__ import annotations
 
@@ -112,7 +117,10 @@ def set_flags(
     *,
     reset_others: bool = False,
 ) -> dict[str, Any]:
-    """Set flags to variants (optionally for a share); returns the document written."""
+    """Set flags to variants (optionally for a share) in flags.json itself; returns it.
+
+    This bypasses the layers: the next layer change recomputes the file without it.
+    """
     definitions = {
         key: flag_definition(catalog, key, variant, percent)
         for key, (variant, percent) in changes.items()
@@ -126,15 +134,9 @@ def set_flags(
 
 
 def reset_flags(directory: Path, catalog: Catalog) -> None:
-    """Every flag back to its catalog default."""
+    """Every flag back to its catalog default in flags.json itself (the layers stay)."""
     with _locked(directory):
         write_document(directory / STATE_FILE_NAME, catalog.defaults_document())
-
-
-def restore_document(directory: Path, document: Mapping[str, Any]) -> None:
-    """Put back a document read earlier (the runner's rollback)."""
-    with _locked(directory):
-        write_document(directory / STATE_FILE_NAME, document)
 
 
 def describe(definition: Mapping[str, Any]) -> tuple[str, FlagValue | None, float | None]:

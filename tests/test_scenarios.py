@@ -79,12 +79,13 @@ def broken(replace: str, with_: str) -> str:
             "percent: 300",
             r"triggers\[1\]\.percent: Input should be less than or equal",
         ),
-        ("version: 1", "version: 2", r"version: Input should be 1"),
+        ("version: 2", "version: 3", r"version: Input should be 2"),
+        ("version: 2", "version: 1", r"version: version 1 is retired: its phases: became agenda:"),
         ("warmup: 12s", "warmup: 90s", r"scenarios\.n-plus-one\.load: warmup must be shorter"),
         (
-            "    scenarios: [fp-drift, circular-deadlock, n-plus-one]\n    checkpoint: What did",
-            "    scenarios: [fp-drift2, circular-deadlock, n-plus-one]\n    checkpoint: What did",
-            r"phases\[1\]\.scenarios: no scenario",
+            "    scenarios: [fp-drift, circular-deadlock, n-plus-one]\n",
+            "    scenarios: [fp-drift2, circular-deadlock, n-plus-one]\n",
+            r"agenda\[1\]\.scenarios\[0\]: no scenario 'fp-drift2'",
         ),
     ],
 )
@@ -111,7 +112,7 @@ def test_the_reported_line_is_the_offending_line(tmp_path: Path) -> None:
 
 def test_yaml_syntax_errors_name_line_and_column(tmp_path: Path) -> None:
     """Broken YAML is reported with line and column, not a traceback."""
-    path = write(tmp_path, "version: 1\nscenarios:\n  a: [unclosed\n")
+    path = write(tmp_path, "version: 2\nscenarios:\n  a: [unclosed\n")
     with pytest.raises(ScenarioFileError, match=r"scenarios.yaml:\d+:\d+: not valid YAML"):
         load_program(path)
 
