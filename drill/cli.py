@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -179,6 +180,7 @@ def flags_set(
         )
     except (FlagStateError, KeyError) as exc:
         raise _fail(str(exc).strip('"')) from None
+    _journal_flags(config, {flag: (variant, percent)})
     share = f" for {percent:g}%" if percent is not None else ""
     console.print(f"{flag} = {variant}{share}")
     _note_held(config, catalog, [flag])
@@ -203,9 +205,26 @@ def flags_reset(
         for layer in layers:
             cleared = clear_layer(config.state_dir, catalog, layer, flags)
             console.print(f"{layer} layer: cleared {', '.join(cleared) or 'nothing'}")
+            off = {key: (catalog[key].default_variant, None) for key in cleared}
+            _journal_flags(config, off, layer)
     except FlagStateError as exc:
         raise _fail(str(exc)) from None
     _note_held(config, catalog, flags or list(catalog.flags), only_on=True)
+
+
+def _journal_flags(
+    config: native.LabConfig,
+    changes: Mapping[str, tuple[str, float | None]],
+    layer: str = INSTRUCTOR,
+) -> None:
+    """The program's journal records the instructor's flips too (the post-mortem timeline)."""
+    from drill.program.journal import Journal, journal_path
+
+    journal = Journal(journal_path(config.state_dir))
+    for flag, (variant, percent) in changes.items():
+        journal.append(
+            "flag_changed", INSTRUCTOR, flag=flag, variant=variant, percent=percent, layer=layer
+        )
 
 
 def _note_held(

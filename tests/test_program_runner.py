@@ -29,7 +29,7 @@ from drill.program.annotations import Annotator
 from drill.program.api import RUNNER_PORT, Board, create_app
 from drill.program.journal import Event, Journal
 from drill.program.plan import wanted
-from drill.program.runner import ProgramFiles, Runner, load, snapshot_of
+from drill.program.runner import ProgramError, ProgramFiles, Runner, load, snapshot_of
 from drill.program.traffic import Traffic, background_users
 from faults import (
     INSTRUCTOR,
@@ -553,11 +553,8 @@ def test_the_runner_process_rolls_back_within_two_seconds_of_sigterm(
         wait_for(lambda: program_layer(config), "the dark room's triggers")
         metrics = httpx.get(f"http://127.0.0.1:{RUNNER_PORT + offset}/metrics", timeout=5)
         assert "drill_program_phase_info{" in metrics.text
-        again = subprocess.run(
-            [sys.executable, "-m", "drill.cli", "program", "start", "--root", str(REPO_ROOT)],
-            env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert again.returncode == 2 and "already running" in again.stderr
+        with pytest.raises(ProgramError, match="already running"):
+            control.start(native.LabConfig(REPO_ROOT, config.state_dir, offset))
         assert program_layer(config)
         process.send_signal(signal.SIGTERM)
         began = time.monotonic()
@@ -632,3 +629,62 @@ def test_a_runner_at_speed_600_finishes_the_program_and_rolls_back_by_itself(
     assert program_layer(config) == {} and served(config) == {}
     files = ProgramFiles.of(config.state_dir)
     assert not files.clock.exists() and not files.run.exists()
+
+
+def test_verify_runs_and_the_instructors_flips_are_journaled(
+    config: native.LabConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verify that cannot run is journaled with verdict error; `drill flags set` and `reset`
+    are journaled as the instructor's flag changes."""
+    from drill.verify import VerifyError, run_verify
+
+    monkeypatch.setenv("DRILL_LEDGER_URL", closed_url())
+    with pytest.raises(VerifyError):
+        run_verify(config, "fp-drift", seconds=1)
+    (verdict,) = events(config, "verify_run")
+    assert (verdict.by, verdict.fields["scenario"], verdict.fields["verdict"]) == (
+        "verify fp-drift",
+        "fp-drift",
+        "error",
+    )
+    env = {"DRILL_STATE_DIR": str(config.state_dir)}
+    cli = CliRunner()
+    assert cli.invoke(app, ["flags", "set", "feed.heavy_users", "on"], env=env).exit_code == 0
+    assert cli.invoke(app, ["flags", "reset"], env=env).exit_code == 0
+    flips = [
+        (e.by, e.fields["flag"], e.fields["variant"], e.fields["layer"])
+        for e in events(config, "flag_changed")
+    ]
+    assert flips == [
+        ("instructor", "feed.heavy_users", "on", "instructor"),
+        ("instructor", "feed.heavy_users", "off", "instructor"),
+    ]
+
+
+def test_start_launches_a_detached_runner_that_stop_ends(
+    config: native.LabConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`drill program start` returns once its background runner has ticked; status names it;
+    `drill program stop` ends it with the rollback done."""
+    offset = free_runner_offset()
+    monkeypatch.setenv("DRILL_GRAFANA_URL", closed_url())
+    lab = native.LabConfig(REPO_ROOT, config.state_dir, offset)
+    started = control.start(lab, at="0:20", speed=60, traffic=False)
+    files = ProgramFiles.of(config.state_dir)
+    try:
+        assert started.pid == files.read_run()["pid"] and started.pid != os.getpid()
+        assert program_layer(config), "the first tick set the dark room's triggers"
+        status = CliRunner().invoke(
+            app,
+            ["program", "status", "--root", str(REPO_ROOT)],
+            env={"DRILL_STATE_DIR": str(config.state_dir), "COLUMNS": "200"},
+        )
+        assert f"runner pid {started.pid}" in status.output and "1: dark room" in status.output
+        assert "stopped and rolled back" in control.stop(lab)
+        assert not native._alive(started.pid)
+    finally:
+        if started.pid is not None and native._alive(started.pid):
+            os.kill(started.pid, signal.SIGKILL)
+    assert program_layer(config) == {}
+    assert events(config)[-1].kind == "program_stopped"
+    assert "runner stopped" in files.log.read_text()

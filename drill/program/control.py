@@ -37,6 +37,7 @@ INSTRUCTOR = "instructor"
 # The runner's rollback takes at most 2 s; past this, stop kills it and rolls back itself.
 STOP_WAIT_S = 5.0
 READY_WAIT_S = 20.0
+_LAUNCHED: list[subprocess.Popen[bytes]] = []
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,8 @@ def launch(config: native.LabConfig) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    # It outlives this process on purpose; held here, it is not reported as left running.
+    _LAUNCHED.append(child)
     # Recorded before the lock is let go: a second start now sees a live runner.
     files.update_run(pid=child.pid)
     return child.pid
@@ -179,14 +182,27 @@ def wait_ready(config: native.LabConfig, pid: int, timeout: float = READY_WAIT_S
     files = ProgramFiles.of(config.state_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if files.read_run().get("ready"):
+        run = files.read_run()
+        if run.get("ready") and run.get("pid") == pid:
+            if run.get("first_tick") == "failed":
+                raise ProgramError(
+                    f"the runner (pid {pid}) runs, but its first tick failed; it keeps trying. "
+                    f"{_tail(files)}\n`drill program stop` ends it"
+                )
             return
         if not native._alive(pid):
-            tail = "\n".join(files.log.read_text(errors="replace").splitlines()[-15:])
-            raise ProgramError(f"the runner exited before its first tick; {files.log}:\n{tail}")
+            raise ProgramError(f"the runner exited before its first tick. {_tail(files)}")
         time.sleep(0.1)
     message = f"the runner (pid {pid}) has not ticked within {timeout:g} s; see {files.log}"
     raise ProgramError(message)
+
+
+def _tail(files: ProgramFiles, lines: int = 15) -> str:
+    try:
+        tail = files.log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"{files.log} is empty."
+    return f"Last lines of {files.log}:\n" + "\n".join(f"  {line}" for line in tail)
 
 
 def stop(config: native.LabConfig, by: str = INSTRUCTOR, timeout: float = STOP_WAIT_S) -> str:

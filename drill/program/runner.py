@@ -421,10 +421,6 @@ def serve(config: native.LabConfig) -> int:
         while not stop.is_set():
             try:
                 state = runner.tick(datetime.now(UTC))
-                if not ready:
-                    # `drill program start` waits for this before it returns.
-                    files.update_run(ready=True)
-                    ready = True
                 failing = False
             except ClockGone:
                 reason[0] = "stopped (clock.json removed)"
@@ -438,6 +434,11 @@ def serve(config: native.LabConfig) -> int:
                 if state.finished:
                     reason[0] = "finished"
                     break
+            finally:
+                if not ready:
+                    # `drill program start` waits for the first tick, failed or not.
+                    files.update_run(ready=True, first_tick="failed" if failing else "ok")
+                    ready = True
             stop.wait(TICK_S)
     except BaseException:
         code = 1
