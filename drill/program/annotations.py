@@ -82,10 +82,11 @@ class Annotator:
         self._thread = threading.Thread(target=self._work, name="annotations", daemon=True)
         self._thread.start()
 
-    def phase(self, at: datetime, text: str, tags: tuple[str, ...] = ()) -> None:
-        """Close the open region and open one for the entry that begins now."""
+    def phase(self, at: datetime, text: str | None, tags: tuple[str, ...] = ()) -> None:
+        """Close the open region and open one for the entry that begins now (None: the end)."""
         self._jobs.put(_Job("close", at))
-        self._jobs.put(_Job("region", at, text, ("phase", *tags)))
+        if text is not None:
+            self._jobs.put(_Job("region", at, text, ("phase", *tags)))
 
     def point(self, at: datetime, text: str, tags: tuple[str, ...] = ()) -> None:
         self._jobs.put(_Job("point", at, text, tags))

@@ -297,6 +297,7 @@ class Status:
     program_flags: dict[str, tuple[str, float | None]]
     traffic: dict[str, bool]
     last_stop: str | None
+    traffic_enabled: bool = True
 
 
 def read_status(config: native.LabConfig, now: datetime | None = None) -> Status:
@@ -321,6 +322,8 @@ def read_status(config: native.LabConfig, now: datetime | None = None) -> Status
             last_stop = None
     if clock is None:
         return Status(None, runner_alive(files), flags, traffic, last_stop)
-    seed = int(files.read_run().get("seed", 0))
+    run = files.read_run()
+    seed = int(run.get("seed", 0))
     snapshot = snapshot_of(program, clock, wanted(program, clock.elapsed(now), seed), seed)
-    return Status(snapshot, runner_alive(files), flags, traffic, last_stop)
+    enabled = bool(run.get("traffic_enabled", True))
+    return Status(snapshot, runner_alive(files), flags, traffic, last_stop, enabled)

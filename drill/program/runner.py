@@ -236,8 +236,8 @@ class Runner:
                 fields["at"] = format_clock(state.elapsed)
             events.append(self.journal.append(kind, RUNNER, now, **fields))
             if kind == "phase_changed" and self.annotator is not None:
-                text = f"{fields['type']}: {fields['entry']}" if fields["entry"] else "finished"
-                self.annotator.phase(now, text)
+                entry = fields["entry"]
+                self.annotator.phase(now, f"{fields['type']}: {entry}" if entry else None)
 
     def _reconcile_flags(self, state: Wanted, now: datetime) -> None:
         entry = state.entry.name if state.entry is not None else "finished"

@@ -61,6 +61,10 @@ def render(status: Status) -> RenderableType:
     traffic = ", ".join(
         name + ("" if running else " (not running)") for name, running in status.traffic.items()
     )
+    if not status.traffic_enabled:
+        traffic = "off for this run (--no-traffic)"
+    elif not traffic and snapshot["wanted_traffic"]:
+        traffic = "starting: " + ", ".join(snapshot["wanted_traffic"])
     grid.add_row("traffic", traffic or "none")
     if snapshot["checkpoint"]:
         grid.add_row("checkpoint", Text(snapshot["checkpoint"], style="italic"))
