@@ -111,23 +111,28 @@ def test_the_program_layer_holds_exactly_what_is_wanted_at_each_time(
     assert program_layer(config) == {"lab.reveal": ("on", None)}, "wrap-up stays revealed"
 
 
+@pytest.mark.parametrize("tick_s", [0.5, 5.0])
 def test_a_fast_run_journals_every_phase_change_once_and_in_order(
-    config: native.LabConfig,
+    config: native.LabConfig, tick_s: float
 ) -> None:
-    """At --speed 600 one tick is 300 program seconds, yet every entry gets its own line, in
-    order, each hint and message once, and reveal_changed when the debrief turns it on."""
+    """At --speed 600 one tick is 300 program seconds (3,000 when ticks are 5 s apart, as on a
+    loaded laptop: several entries per tick), yet every entry gets its own line, in order, each
+    hint and message once, and reveal_changed when the debrief turns it on."""
     control.prepare(config, speed=600, traffic=False, annotations=False, now=T0)
     runner = new_runner(config)
     now = T0
     while not runner.tick(now).finished:
-        now += timedelta(seconds=0.5)
+        now += timedelta(seconds=tick_s)
     assert phase_indexes(config) == [*range(AGENDA_LENGTH), None]
     assert all("passed" not in e.fields for e in events(config, "phase_changed"))
     hints = [(e.fields["scenario"], e.fields["hint"]) for e in events(config, "hint_released")]
     assert len(hints) == 3 and len(set(hints)) == 3
     keys = [e.fields["key"] for e in events(config, "message_shown")]
     assert len(keys) == 4 and len(set(keys)) == 4
-    assert [e.fields["reveal"] for e in events(config, "reveal_changed")] == ["on", "off"]
+    # Flags follow the ticks (a debrief no tick lands in is never switched on); the journal of
+    # one-off events does not.
+    reveals = [e.fields["reveal"] for e in events(config, "reveal_changed")]
+    assert reveals == ["on", "off"]
     order = [
         e.fields.get("index", f"hint {e.fields.get('hint')}")
         for e in events(config)
