@@ -367,7 +367,8 @@ def load(config: native.LabConfig) -> tuple[Program, Catalog]:
 
 
 def serve(config: native.LabConfig) -> int:
-    """The runner process: tick until the program finishes or a signal stops it, then roll back.
+    """The runner process: tick until the program finishes or a signal stops it, then roll back;
+    returns the exit code (an exception propagates after the rollback).
 
     `drill program start` has written clock.json and run.json. SIGTERM and SIGINT end the loop
     at once (the tick in progress completes) and the rollback runs in a finally.
@@ -410,7 +411,6 @@ def serve(config: native.LabConfig) -> int:
         api=f"http://127.0.0.1:{port}",
         traffic=traffic.records() if traffic is not None else {},
     )
-    code = 0
     try:
         if native.port_free(port):
             server = ApiServer(create_app(board, program.agenda_scenarios()), port)
@@ -440,9 +440,6 @@ def serve(config: native.LabConfig) -> int:
                     files.update_run(ready=True, first_tick="failed" if failing else "ok")
                     ready = True
             stop.wait(TICK_S)
-    except BaseException:
-        code = 1
-        raise
     finally:
         try:
             runner.rollback(reason[0])
@@ -457,7 +454,7 @@ def serve(config: native.LabConfig) -> int:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             log.info("runner stopped: %s", reason[0])
-    return code
+    return 0
 
 
 def _note(journal: Journal, text: str) -> None:
