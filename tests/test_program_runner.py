@@ -521,13 +521,13 @@ def drill_env(config: native.LabConfig, offset: int) -> dict[str, str]:
 
 
 def start_runner(
-    config: native.LabConfig, env: dict[str, str], *args: str
+    config: native.LabConfig, env: dict[str, str], *args: str, traffic: bool = False
 ) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "drill.cli", "program", "start", "--foreground"]
     log = open(config.state_dir.parent / "runner-test.log", "ab")  # noqa: SIM115
     config.state_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [*command, "--no-traffic", "--root", str(REPO_ROOT), *args],
+        [*command, "--traffic" if traffic else "--no-traffic", "--root", str(REPO_ROOT), *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=log,
@@ -548,29 +548,42 @@ def wait_for(check: Any, what: str, timeout: float = 20) -> None:
 def test_the_runner_process_rolls_back_within_two_seconds_of_sigterm(
     config: native.LabConfig,
 ) -> None:
-    """A foreground runner serves /metrics, refuses a second start, and on SIGTERM every
-    program flag is off within 2 s with program_stopped journaled."""
+    """A foreground runner serves /metrics, refuses a second start and runs the dark room's
+    background Locust; on SIGTERM, within 2 s, every program flag is off and Locust is gone,
+    with traffic_stopped and program_stopped journaled."""
+    hits: list[str] = []
+    target = ThreadingHTTPServer(("127.0.0.1", 0), type("T", (_Target,), {"hits": hits}))
+    threading.Thread(target=target.serve_forever, daemon=True).start()
     offset = free_runner_offset()
     env = drill_env(config, offset)
+    for service in ("LEDGER", "CHAIN_A", "FEED"):  # whichever scenario the seed makes live
+        env[f"DRILL_{service}_URL"] = f"http://127.0.0.1:{target.server_address[1]}"
     # At x60 the dark room lasts 45 s of wall time: the stop lands in it, flags on.
-    process = start_runner(config, env, "--speed", "60", "--at", "0:14")
+    process = start_runner(config, env, "--speed", "60", "--at", "0:14", traffic=True)
+    files = ProgramFiles.of(config.state_dir)
     try:
         wait_for(lambda: program_layer(config), "the dark room's triggers")
         metrics = httpx.get(f"http://127.0.0.1:{RUNNER_PORT + offset}/metrics", timeout=5)
         assert "drill_program_phase_info{" in metrics.text
         with pytest.raises(ProgramError, match="already running"):
             control.start(native.LabConfig(REPO_ROOT, config.state_dir, offset))
-        assert program_layer(config)
+        wait_for(lambda: hits, "background traffic at the scenario's host", timeout=30)
+        (locust,) = files.traffic_records().values()
+        assert program_layer(config) and native._alive(locust.pid)
         process.send_signal(signal.SIGTERM)
         began = time.monotonic()
         wait_for(lambda: not program_layer(config), "the program layer to clear", timeout=2)
+        wait_for(lambda: not native._alive(locust.pid), "Locust to stop", timeout=2)
         assert time.monotonic() - began < 2.0
         assert process.wait(timeout=5) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        target.shutdown()
+        target.server_close()
     assert served(config) == {}
+    assert [e.fields["scenario"] for e in events(config, "traffic_stopped")] == [locust.scenario]
     assert [e.fields["reason"] for e in events(config, "program_stopped")] == ["stopped (SIGTERM)"]
     notes = [e.fields["text"] for e in events(config, "note")]
     assert len([n for n in notes if "Grafana" in n]) == 1, notes
