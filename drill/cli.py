@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drill import compose, native, solutions
+from drill.agenda import format_clock
 from drill.scenarios import ScenarioFileError, load_program
 from drill.verify import VerifyError, VerifyResult, run_verify
 from faults import (
@@ -31,6 +33,11 @@ flags_app = typer.Typer(help="List and flip the lab's flags (the instructor's sw
 solutions_app = typer.Typer(help="Apply or revert a reference fix from solutions/.")
 app.add_typer(flags_app, name="flags")
 app.add_typer(solutions_app, name="solution")
+program_app = typer.Typer(
+    help="Run the workshop's program: its clock, phases, flags and background traffic.",
+    no_args_is_help=True,
+)
+app.add_typer(program_app, name="program")
 console = Console()
 errors = Console(stderr=True)
 
@@ -173,6 +180,7 @@ def flags_set(
         )
     except (FlagStateError, KeyError) as exc:
         raise _fail(str(exc).strip('"')) from None
+    _journal_flags(config, {flag: (variant, percent)})
     share = f" for {percent:g}%" if percent is not None else ""
     console.print(f"{flag} = {variant}{share}")
     _note_held(config, catalog, [flag])
@@ -197,9 +205,26 @@ def flags_reset(
         for layer in layers:
             cleared = clear_layer(config.state_dir, catalog, layer, flags)
             console.print(f"{layer} layer: cleared {', '.join(cleared) or 'nothing'}")
+            off = {key: (catalog[key].default_variant, None) for key in cleared}
+            _journal_flags(config, off, layer)
     except FlagStateError as exc:
         raise _fail(str(exc)) from None
     _note_held(config, catalog, flags or list(catalog.flags), only_on=True)
+
+
+def _journal_flags(
+    config: native.LabConfig,
+    changes: Mapping[str, tuple[str, float | None]],
+    layer: str = INSTRUCTOR,
+) -> None:
+    """The program's journal records the instructor's flips too (the post-mortem timeline)."""
+    from drill.program.journal import Journal, journal_path
+
+    journal = Journal(journal_path(config.state_dir))
+    for flag, (variant, percent) in changes.items():
+        journal.append(
+            "flag_changed", INSTRUCTOR, flag=flag, variant=variant, percent=percent, layer=layer
+        )
 
 
 def _note_held(
@@ -352,6 +377,127 @@ def solution_revert(name: str, root: RootOption = None) -> None:
     except solutions.SolutionError as exc:
         raise _fail(str(exc)) from None
     console.print(f"reverted {name}; restart the services: drill restart")
+
+
+@program_app.command("start")
+def program_start(
+    at: Annotated[str | None, typer.Option(help="Start at this program time, H:MM.")] = None,
+    speed: Annotated[
+        float | None, typer.Option(help="Run N times faster (180: the agenda in a minute).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Rotation seed (default: the file's).")] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start over instead of resuming a crashed run.")
+    ] = False,
+    foreground: Annotated[
+        bool, typer.Option("--foreground", help="Run here until stopped (Ctrl-C rolls back).")
+    ] = False,
+    traffic: Annotated[
+        bool, typer.Option("--traffic/--no-traffic", help="Background Locust per scenario.")
+    ] = True,
+    annotations: Annotated[
+        bool, typer.Option("--annotations/--no-annotations", help="Grafana annotations.")
+    ] = True,
+    root: RootOption = None,
+) -> None:
+    """Start the program's runner (in the background unless --foreground); resumes a crashed run."""
+    from drill.program import control, runner
+
+    config = _config(root)
+    try:
+        started = control.start(
+            config, foreground=foreground, at=at, speed=speed, seed=seed, fresh=fresh,
+            traffic=traffic, annotations=annotations,
+        )  # fmt: skip
+    except (runner.ProgramError, ScenarioFileError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    how = "resumed" if started.resumed else "started"
+    console.print(
+        f"program {how} at {format_clock(started.at)} (seed {started.seed}), runner pid "
+        f"{started.pid}; journal: {runner.ProgramFiles.of(config.state_dir).journal}",
+        highlight=False,
+    )
+    if foreground:
+        raise typer.Exit(runner.serve(config))
+
+
+@program_app.command("status")
+def program_status(
+    watch: Annotated[bool, typer.Option("--watch", help="A live panel until Ctrl-C.")] = False,
+    root: RootOption = None,
+) -> None:
+    """The phase, time left and what comes next; live triggers and decoys; the break's questions."""
+    import time
+
+    from rich.live import Live
+
+    from drill.program import control, view
+
+    config = _config(root)
+    if not watch:
+        console.print(view.render(control.read_status(config)))
+        return
+    with Live(view.render(control.read_status(config)), console=console, screen=False) as live:
+        try:
+            while True:
+                time.sleep(0.5)
+                live.update(view.render(control.read_status(config)))
+        except KeyboardInterrupt:
+            pass
+
+
+def _clock_command(action: str, target: str | None, root: Path | None) -> None:
+    from drill.program import control, runner
+
+    config = _config(root)
+    try:
+        clock = control.change_clock(config, action, target)
+        alive = runner.runner_alive(runner.ProgramFiles.of(config.state_dir))
+    except (runner.ProgramError, ScenarioFileError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{action}: program clock at {format_clock(clock.at)}"
+                  + (" (paused)" if clock.paused else ""), highlight=False)  # fmt: skip
+    if alive is None:
+        console.print("no runner is running: `drill program start` resumes from here")
+
+
+@program_app.command("pause")
+def program_pause(root: RootOption = None) -> None:
+    """Stop the program clock; flags and traffic stay as they are."""
+    _clock_command("pause", None, root)
+
+
+@program_app.command("resume")
+def program_resume(root: RootOption = None) -> None:
+    """Let the program clock run again from where it was paused."""
+    _clock_command("resume", None, root)
+
+
+@program_app.command("next")
+def program_next(root: RootOption = None) -> None:
+    """Jump to the start of the next agenda entry."""
+    _clock_command("next", None, root)
+
+
+@program_app.command("goto")
+def program_goto(
+    target: Annotated[str, typer.Argument(help="An entry's name (or part of it), or H:MM.")],
+    root: RootOption = None,
+) -> None:
+    """Jump to an agenda entry (or a program time); hints before it are released once."""
+    _clock_command("goto", target, root)
+
+
+@program_app.command("stop")
+def program_stop(root: RootOption = None) -> None:
+    """Stop the runner; every program flag off, traffic stopped (without a runner: done here)."""
+    from drill.program import control, runner
+
+    config = _config(root)
+    try:
+        console.print(control.stop(config))
+    except (runner.ProgramError, ScenarioFileError) as exc:
+        raise _fail(str(exc)) from None
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import httpx
 from drill import machine
 from drill.collectors import COLLECTORS, PROBES, SNAPSHOTS, load_acted, triggers_acted
 from drill.native import LabConfig, endpoints
+from drill.program.journal import Journal, journal_path
 from drill.scenarios import REQUEST_FIGURES, Load, Scenario, SlaCheck, Trigger, load_program
 from faults import FlagStateError, load_catalog, verify_overlay, write_document
 
@@ -315,6 +316,28 @@ def _drive(
 
 
 def run_verify(
+    config: LabConfig,
+    scenario_name: str,
+    *,
+    baseline: bool = False,
+    seconds: float | None = None,
+    users: int | None = None,
+) -> VerifyResult:
+    """One verification run, journaled with its verdict (pass, fail, or error: no run)."""
+    journal = Journal(journal_path(config.state_dir))
+    by = f"verify {scenario_name}" + (" --baseline" if baseline else "")
+    try:
+        result = _run_verify(config, scenario_name, baseline=baseline, seconds=seconds, users=users)
+    except VerifyError as exc:
+        journal.append("verify_run", by, scenario=scenario_name, verdict="error", error=str(exc))
+        raise
+    verdict = "pass" if result.passed else "fail"
+    result_file = str(Path(result.run_dir) / "result.json")
+    journal.append("verify_run", by, scenario=scenario_name, verdict=verdict, result=result_file)
+    return result
+
+
+def _run_verify(
     config: LabConfig,
     scenario_name: str,
     *,

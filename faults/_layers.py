@@ -225,19 +225,25 @@ def _write_layer(directory: Path, name: str, layer: Layer | None) -> None:
 
 
 @contextlib.contextmanager
-def _transaction(directory: Path, catalog: Catalog) -> Iterator[dict[str, Layer]]:
+def _transaction(
+    directory: Path, catalog: Catalog, *, always: bool = True
+) -> Iterator[dict[str, Layer]]:
     """The layers, under the lock; on a clean exit, changed ones are saved and flags.json rewritten.
 
     The lock spans the read, the change and the recompute, so two writers never lose each
-    other's change. When the body raises, nothing is written.
+    other's change. When the body raises, nothing is written; with `always` off, nothing is
+    written either when the body changed no layer and flags.json exists.
     """
     with _locked(directory):
         layers, migrated = _load_layers(directory, catalog, set_aside=True)
         before = dict(layers)
         yield layers
+        changed = [name for name in LAYERS if layers.get(name) is not before.get(name)]
+        if not (always or migrated or changed or not (directory / STATE_FILE_NAME).exists()):
+            return
         (directory / LAYERS_DIR).mkdir(parents=True, exist_ok=True)
         for name in LAYERS:
-            if migrated or layers.get(name) is not before.get(name):
+            if migrated or name in changed:
                 _write_layer(directory, name, layers.get(name))
         write_document(directory / STATE_FILE_NAME, _document(catalog, layers))
 
@@ -259,6 +265,59 @@ def set_layer_flags(
         current = layers.get(layer, Layer())
         layers[layer] = Layer({**current.flags, **entries}, current.mask, current.owner)
     return _document(catalog, layers)
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    """What a replace changed in a layer: flags set anew or to another variant, flags let go."""
+
+    set: dict[str, tuple[str, float | None]] = field(default_factory=dict)
+    cleared: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.set and not self.cleared
+
+
+def replace_layer(
+    directory: Path,
+    catalog: Catalog,
+    layer: str,
+    flags: Mapping[str, tuple[str, float | None]],
+    *,
+    by: str | None = None,
+) -> LayerChange:
+    """Make a layer hold exactly `flags`, in one locked write (services never see half of it).
+
+    An entry that already holds its variant and share keeps who set it and when; when nothing
+    changes, nothing is written (the runner calls this on every tick).
+    """
+    _check_layer(layer)
+    if layer == VERIFY:
+        raise FlagStateError("the verify layer is a run's overlay: use verify_overlay")
+    entries = _entries(catalog, flags, by or layer)
+    with _transaction(directory, catalog, always=False) as layers:
+        current = layers.get(layer, Layer())
+        kept: dict[str, LayerFlag] = {}
+        changed: dict[str, tuple[str, float | None]] = {}
+        for key, entry in entries.items():
+            old = current.flags.get(key)
+            if old is not None and (old.variant, old.percent) == (entry.variant, entry.percent):
+                kept[key] = old
+            else:
+                kept[key] = entry
+                changed[key] = (entry.variant, entry.percent)
+        cleared = tuple(sorted(set(current.flags) - set(entries)))
+        if changed or cleared:
+            layers[layer] = Layer(kept, current.mask, current.owner)
+    return LayerChange(changed, cleared)
+
+
+def layer_flags(directory: Path, catalog: Catalog, layer: str) -> dict[str, LayerFlag]:
+    """The flags one layer sets, read without the lock (a reader's view)."""
+    _check_layer(layer)
+    layers, _ = _load_layers(directory, catalog)
+    return dict(layers.get(layer, Layer()).flags)
 
 
 def clear_layer(

@@ -22,10 +22,12 @@ from faults import (
     FlagStateError,
     clear_layer,
     describe,
+    layer_flags,
     live_flags,
     load_catalog,
     read_document,
     recompute_document,
+    replace_layer,
     set_flags,
     set_layer_flags,
     state_path,
@@ -185,6 +187,74 @@ def test_an_overlay_cleared_meanwhile_does_not_take_a_later_runs_overlay_with_it
     assert on(tmp_path) == {CALLBACK: ("on", None)}
     second.__exit__(None, None, None)
     assert on(tmp_path) == {}
+
+
+def test_replace_layer_holds_exactly_the_wanted_flags_and_leaves_other_layers(
+    tmp_path: Path,
+) -> None:
+    """A replace sets, changes and drops the layer's flags to match; the instructor's stand."""
+    set_layer_flags(tmp_path, CATALOG, INSTRUCTOR, {PROFILES: ("slow", None)})
+    first = replace_layer(tmp_path, CATALOG, PROGRAM, {FX: ("on", None), LATENCY: ("slow", 3)})
+    assert first.set == {FX: ("on", None), LATENCY: ("slow", 3.0)} and first.cleared == ()
+    second = replace_layer(
+        tmp_path, CATALOG, PROGRAM, {LATENCY: ("very_slow", 3), CALLBACK: ("on", None)}
+    )
+    assert second.set == {LATENCY: ("very_slow", 3.0), CALLBACK: ("on", None)}
+    assert second.cleared == (FX,)
+    assert set(layer_flags(tmp_path, CATALOG, PROGRAM)) == {LATENCY, CALLBACK}
+    assert on(tmp_path) == {
+        LATENCY: ("very_slow", 3.0),
+        CALLBACK: ("on", None),
+        PROFILES: ("slow", None),
+    }
+    emptied = replace_layer(tmp_path, CATALOG, PROGRAM, {})
+    assert emptied.cleared == (CALLBACK, LATENCY) and not layer_file(tmp_path, PROGRAM).exists()
+    assert on(tmp_path) == {PROFILES: ("slow", None)}
+
+
+def test_replace_layer_with_nothing_to_change_writes_nothing(tmp_path: Path) -> None:
+    """The runner replaces on every tick: an unchanged layer keeps its entries and files."""
+    replace_layer(tmp_path, CATALOG, PROGRAM, {FX: ("on", None)}, by="runner")
+    before = (state_path(tmp_path).stat().st_mtime_ns, layer_file(tmp_path, PROGRAM).read_text())
+    again = replace_layer(tmp_path, CATALOG, PROGRAM, {FX: ("on", None)}, by="someone else")
+    assert again.empty
+    after = (state_path(tmp_path).stat().st_mtime_ns, layer_file(tmp_path, PROGRAM).read_text())
+    assert after == before
+    assert layer_flags(tmp_path, CATALOG, PROGRAM)[FX].by == "runner"
+
+
+def test_replace_layer_is_one_write_that_readers_never_see_half_of(tmp_path: Path) -> None:
+    """Readers polling flags.json during replaces see the old set or the new, never a mix."""
+    old = {FX: ("on", None), LATENCY: ("slow", None)}
+    new = {CALLBACK: ("on", None), PROFILES: ("slow", None)}
+    replace_layer(tmp_path, CATALOG, PROGRAM, old)
+    seen: set[frozenset[str]] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.add(frozenset(on(tmp_path)))
+
+    reader = threading.Thread(target=watch)
+    reader.start()
+    try:
+        for _ in range(40):
+            replace_layer(tmp_path, CATALOG, PROGRAM, new)
+            replace_layer(tmp_path, CATALOG, PROGRAM, old)
+    finally:
+        stop.set()
+        reader.join()
+    assert seen <= {frozenset(old), frozenset(new)}
+
+
+def test_replace_layer_refuses_the_verify_layer_and_bad_flags(tmp_path: Path) -> None:
+    """The verify layer is an overlay's; an unknown variant raises before anything is written."""
+    with pytest.raises(FlagStateError):
+        replace_layer(tmp_path, CATALOG, VERIFY, {FX: ("on", None)})
+    replace_layer(tmp_path, CATALOG, PROGRAM, {FX: ("on", None)})
+    with pytest.raises(FlagStateError):
+        replace_layer(tmp_path, CATALOG, PROGRAM, {LATENCY: ("warp", None)})
+    assert on(tmp_path) == {FX: ("on", None)}
 
 
 def test_clear_layer_takes_out_only_the_named_flags_or_all(tmp_path: Path) -> None:

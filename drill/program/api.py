@@ -1,0 +1,139 @@
+"""The runner's API on port 8000 (plus DRILL_PORT_OFFSET): `/metrics` and `GET /program`.
+
+A small FastAPI app served by uvicorn on a thread of the runner process, bound to 127.0.0.1.
+The runner publishes a snapshot after every tick; the routes only read it. Teams' endpoints
+will join this app later, so it is an app factory with its state on `app.state`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Info, generate_latest
+
+RUNNER_PORT = 8000
+HOST = "127.0.0.1"
+
+
+class Board:
+    """The latest snapshot of the program, as the runner published it after a tick."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshot: dict[str, Any] = {"running": False}
+
+    def publish(self, snapshot: dict[str, Any]) -> None:
+        with self._lock:
+            self._snapshot = snapshot
+
+    def read(self) -> dict[str, Any]:
+        with self._lock:
+            return self._snapshot
+
+
+class ProgramMetrics:
+    """The runner's metrics, in a registry of its own (a second app registers nothing twice)."""
+
+    def __init__(self, scenarios: tuple[str, ...]) -> None:
+        self.registry = CollectorRegistry()
+        self.scenarios = scenarios
+        self.phase = Info(
+            "drill_program_phase",
+            "The current agenda entry: name, type (phase, break or finished) and index",
+            registry=self.registry,
+        )
+        self.left = Gauge(
+            "drill_program_seconds_left",
+            "Program seconds left in the current agenda entry",
+            registry=self.registry,
+        )
+        self.elapsed = Gauge(
+            "drill_program_elapsed_seconds", "Program time, in seconds", registry=self.registry
+        )
+        self.paused = Gauge(
+            "drill_program_paused", "1 while the program clock is paused", registry=self.registry
+        )
+        self.speed = Gauge(
+            "drill_program_speed", "Program seconds per wall-clock second", registry=self.registry
+        )
+        self.live = Gauge(
+            "drill_program_live_scenario",
+            "1 for each scenario whose triggers the current phase runs",
+            ["scenario"],
+            registry=self.registry,
+        )
+        self.traffic = Gauge(
+            "drill_program_traffic",
+            "1 for each scenario whose background traffic runs",
+            ["scenario"],
+            registry=self.registry,
+        )
+
+    def update(self, snapshot: dict[str, Any]) -> None:
+        self.phase.info(
+            {
+                "phase": str(snapshot.get("entry") or ""),
+                "type": str(snapshot.get("type") or "stopped"),
+                "index": str(snapshot.get("index", "")),
+            }
+        )
+        self.left.set(float(snapshot.get("time_left", 0.0)))
+        self.elapsed.set(float(snapshot.get("elapsed", 0.0)))
+        self.paused.set(1.0 if snapshot.get("paused") else 0.0)
+        self.speed.set(float(snapshot.get("speed", 0.0)))
+        live, traffic = set(snapshot.get("live", ())), set(snapshot.get("traffic", ()))
+        for name in self.scenarios:
+            self.live.labels(scenario=name).set(1.0 if name in live else 0.0)
+            self.traffic.labels(scenario=name).set(1.0 if name in traffic else 0.0)
+
+
+def get_board(request: Request) -> Board:
+    board: Board = request.app.state.board
+    return board
+
+
+BoardDep = Annotated[Board, Depends(get_board)]
+
+
+def create_app(board: Board | None = None, scenarios: tuple[str, ...] = ()) -> FastAPI:
+    app = FastAPI(title="3 A.M. Drill runner", docs_url=None, redoc_url=None)
+    app.state.board = board or Board()
+    app.state.metrics = ProgramMetrics(scenarios)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/program")
+    def program(board: BoardDep) -> dict[str, Any]:
+        """Where the program is: entry, time left, what comes next, live scenarios and flags."""
+        return board.read()
+
+    @app.get("/metrics")
+    def metrics(request: Request, board: BoardDep) -> Response:
+        program_metrics: ProgramMetrics = request.app.state.metrics
+        program_metrics.update(board.read())
+        return Response(generate_latest(program_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class ApiServer:
+    """uvicorn on a thread of the runner (uvicorn leaves signals to the main thread)."""
+
+    def __init__(self, app: FastAPI, port: int) -> None:
+        config = uvicorn.Config(
+            app, host=HOST, port=port, log_level="warning", access_log=False, lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
