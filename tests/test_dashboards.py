@@ -23,6 +23,7 @@ import yaml
 
 from drill import prometheus
 from drill.native import GROUPS, SERVICES
+from drill.program.annotations import TAGS as ANNOTATION_TAGS
 from drill.solutions import apply, copy_lab
 from tests.conftest import REPO_ROOT, need_server
 from tests.labs import drop_database, fresh_database, lab_env, run_drill, verify
@@ -72,6 +73,17 @@ FIX_ONLY_METRICS = {
     "cache_lookups_total": "n-plus-one",
 }
 
+# The workshop runner's metrics (drill/program/api.py). The native labs here run no runner, so
+# these panels show "no program running"; tests/test_prometheus.py checks every query on them
+# against a Prometheus scraping a real runner's /metrics.
+RUNNER_METRICS = re.compile(r"\bdrill_program_\w+")
+
+# Grafana's built-in annotations datasource, and the tags the runner puts on its annotations
+# (drill/program/annotations.py: TAGS, plus "phase" on regions and "flag" on flag changes).
+BUILTIN_ANNOTATIONS = {"type": "grafana", "uid": "-- Grafana --"}
+PHASE_TAGS = [*ANNOTATION_TAGS, "phase"]
+FLAG_TAGS = [*ANNOTATION_TAGS, "flag"]
+
 # Fields Grafana's node graph reads from a frame, by field *name* (a rename transformation only
 # sets the display name, which the panel ignores).
 NODE_GRAPH_FIELD = re.compile(r"^(mainstat|secondarystat|arc__\w+|detail__\w+|color|subtitle)$")
@@ -116,6 +128,8 @@ def words_participants_read(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     texts += [("link", link.get("title", "")) for link in dashboard.get("links", [])]
     for variable in dashboard.get("templating", {}).get("list", []):
         texts.append(("variable label", variable.get("label", "")))
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        texts.append(("annotation", annotation.get("name", "")))
     for panel in all_panels(dashboard):
         where = f"panel {panel.get('title')!r}"
         texts.append((where, panel.get("title", "")))
@@ -316,6 +330,99 @@ def test_fix_only_metrics_come_from_their_patches_and_are_used() -> None:
         assert re.search(rf"\b{metric}\b", queried), f"no panel reads {metric}"
 
 
+def annotation_queries(dashboard: dict[str, Any], tags: list[str]) -> list[dict[str, Any]]:
+    """The dashboard's annotation queries on Grafana's own store filtered by exactly these tags."""
+    return [
+        a
+        for a in dashboard.get("annotations", {}).get("list", [])
+        if a.get("datasource") == BUILTIN_ANNOTATIONS
+        and a.get("target", {}).get("type") == "tags"
+        and sorted(a["target"].get("tags", [])) == sorted(tags)
+    ]
+
+
+def test_workshop_phases_are_shaded_on_every_dashboard() -> None:
+    """Every dashboard shows the runner's phase regions: a tags query on Grafana's annotations,
+    on and visible, that matches all of the runner's phase tags."""
+    for name, dashboard in load_dashboards():
+        queries = annotation_queries(dashboard, PHASE_TAGS)
+        assert len(queries) == 1, f"{name}: no annotation query on tags {PHASE_TAGS}"
+        (query,) = queries
+        assert query["enable"] is True and query["hide"] is False, name
+        # matchAny false: an annotation must carry every tag, so flag points stay out.
+        assert query["target"]["matchAny"] is False, name
+        assert query["target"]["limit"] >= 20, name  # a workshop has 8 entries; reruns add more
+
+
+def test_flag_changes_stay_off_the_dashboards_while_the_room_is_dark() -> None:
+    """The runner's flag-change annotations name the flag, so their query is off and hidden: no
+    participant can switch it on; an instructor enables it in the settings for the debrief."""
+    for name, dashboard in load_dashboards():
+        for query in annotation_queries(dashboard, FLAG_TAGS):
+            assert query["enable"] is False and query["hide"] is True, name
+        for query in dashboard["annotations"]["list"]:
+            tags = query.get("target", {}).get("tags", [])
+            shown = query.get("enable") and query["target"].get("type") == "tags"
+            assert not (shown and "flag" in tags), f"{name}: {query['name']} shows flag changes"
+            assert not (shown and query["target"].get("matchAny")), f"{name}: {query['name']}"
+
+
+def panel_titled(dashboard: dict[str, Any], title: str) -> dict[str, Any]:
+    (panel,) = [p for p in all_panels(dashboard) if p["title"] == title]
+    return panel
+
+
+def test_lab_overview_shows_the_workshop_program() -> None:
+    """The lab overview opens on the runner's program: phase, time left, live scenarios, clock."""
+    (overview,) = [d for _, d in load_dashboards() if d["uid"] == "lab-overview"]
+    exprs = {
+        title: [t["expr"] for t in panel_titled(overview, title)["targets"]]
+        for title in (
+            "Phase",
+            "Time left in this phase",
+            "Live scenarios",
+            "Program clock",
+            "Clock speed",
+        )
+    }
+    assert exprs["Phase"] == ["drill_program_phase_info"]
+    phase = panel_titled(overview, "Phase")
+    assert phase["targets"][0]["legendFormat"] == "{{phase}}"
+    assert phase["options"]["textMode"] == "name"  # the phase's name, not the info's value 1
+    assert exprs["Time left in this phase"] == ["drill_program_seconds_left"]
+    assert exprs["Program clock"] == ["drill_program_paused"]
+    assert exprs["Clock speed"] == ["drill_program_speed"]
+    assert all(e.startswith("drill_program_live_scenario{") for e in exprs["Live scenarios"])
+    # The top row: what an instructor reads first.
+    assert phase["gridPos"]["y"] <= 1
+    for title in exprs:
+        assert panel_titled(overview, title)["targets"][0]["instant"] is True, title
+
+
+def test_live_scenarios_are_named_by_their_titles_not_their_ids() -> None:
+    """One query per scenario in scenarios.yaml, its legend the scenario's title: ids such as
+    the one for the ledger's scenario name the defect, titles name the symptom."""
+    scenarios = yaml.safe_load((REPO_ROOT / "scenarios.yaml").read_text())["scenarios"]
+    (overview,) = [d for _, d in load_dashboards() if d["uid"] == "lab-overview"]
+    targets = panel_titled(overview, "Live scenarios")["targets"]
+    legends = {}
+    for t in targets:
+        match = re.fullmatch(r'drill_program_live_scenario\{scenario="([\w-]+)"\}', t["expr"])
+        assert match, t["expr"]
+        legends[match[1]] = t["legendFormat"]
+    assert legends == {name: s["title"] for name, s in scenarios.items()}
+
+
+def test_the_runner_is_not_a_service_on_any_panel() -> None:
+    """A query on `up` leaves the runner's job out: between programs it is down by design."""
+    checked = 0
+    for name, _, panel, t in every_query():
+        for selector in re.findall(r"\bup\{([^}]*)\}", t["expr"]):
+            assert re.search(r'job!~"[^"]*\brunner\b', selector), f"{name}: {panel['title']}"
+            checked += 1
+    assert checked >= 5
+
+
 # ------------------------------------------------------------------------------------------------
 # The live check: every panel's query returns data from the real lab.
 # ------------------------------------------------------------------------------------------------
@@ -503,8 +610,12 @@ def test_every_panel_query_returns_data(labs: Labs) -> None:
     it: the shipped code with its faults live, or, for fix-only metrics, the fixed code."""
     problems: list[str] = []
     evaluated = 0
+    runner_queries = 0
     for name, dashboard, panel, t in every_query():
         expr = expand(t["expr"], dashboard)
+        if RUNNER_METRICS.search(expr):
+            runner_queries += 1  # no runner in these labs: test_prometheus.py checks these
+            continue
         lab = labs.fixed if metrics_in(expr) else labs.shipped
         answer = ask(lab, expr, instant=t["instant"], start=labs.started, end=labs.checked_at)
         evaluated += 1
@@ -520,6 +631,7 @@ def test_every_panel_query_returns_data(labs: Labs) -> None:
             ):
                 problems.append(f"{name} › variable ${variable['name']}: no options")
     assert evaluated >= 80
+    assert runner_queries >= 5
     assert not problems, f"{len(problems)} of {evaluated} queries show no data:\n" + "\n".join(
         problems
     )
