@@ -466,6 +466,7 @@ def _prometheus_command(config: LabConfig) -> list[str]:
         raise LabError(f"{prometheus.BINARY} is not on PATH; {prometheus.INSTALL_HINT}")
     config_file = _prometheus_config_file(config)
     targets = {name: f"{HOST}:{config.port(spec)}" for name, spec in SERVICES.items()}
+    targets[prometheus.RUNNER_JOB] = f"{HOST}:{prometheus.RUNNER_PORT + config.port_offset}"
     listen = f"{HOST}:{config.port(PROMETHEUS)}"
     try:
         prometheus.write_native_config(

@@ -2,7 +2,8 @@
 
 `prometheus/prometheus.yml` is written for compose (targets such as `chain:8011`). The native
 lab keeps its jobs, intervals and rule files and only swaps each job's targets for the port
-the service has in this lab, so both labs record and alert on the same series.
+the service (or the workshop runner) has in this lab, so both labs record and alert on the same
+series.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ PORT = 9090
 READY_PATH = "/-/ready"
 BINARY = "prometheus"
 INSTALL_HINT = "install it (Debian: `apt-get install prometheus`) or leave it out"
+# The workshop runner's job: `drill program start` serves /metrics on this port plus
+# DRILL_PORT_OFFSET (drill/program/api.py's RUNNER_PORT; importing it here would pull in uvicorn).
+RUNNER_JOB = "runner"
+RUNNER_PORT = 8000
 
 
 class PrometheusConfigError(Exception):

@@ -3,6 +3,7 @@ lab runs the same config against its own ports."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -12,11 +13,13 @@ import httpx
 import pytest
 import yaml
 
-from drill import prometheus
+from drill import native, prometheus
 from drill.native import SERVICES
+from drill.program import api
 from drill.solutions import copy_lab
 from tests.conftest import REPO_ROOT, need_server
 from tests.labs import lab_env, run_drill
+from tests.polling import poll_until
 
 CONFIG = REPO_ROOT / "prometheus" / "prometheus.yml"
 RULES = sorted((REPO_ROOT / "prometheus" / "rules").glob("*.yml"))
@@ -76,6 +79,7 @@ def test_a_broken_rule_test_fails_promtool(tmp_path: Path) -> None:
 
 def test_native_config_keeps_jobs_and_rules_and_points_at_native_ports(tmp_path: Path) -> None:
     targets = {name: f"127.0.0.1:{spec.port + 300}" for name, spec in SERVICES.items()}
+    targets[prometheus.RUNNER_JOB] = "127.0.0.1:8300"
     destination = tmp_path / "prometheus.yml"
     prometheus.write_native_config(CONFIG, destination, targets, "127.0.0.1:9390")
     compose = yaml.safe_load(CONFIG.read_text())
@@ -111,6 +115,7 @@ def test_native_config_names_an_unknown_job(tmp_path: Path) -> None:
         prometheus.PrometheusConfigError, match=r"scrape_configs\[\d+\] job_name 'billing'"
     ):
         targets = {name: f"127.0.0.1:{spec.port}" for name, spec in SERVICES.items()}
+        targets[prometheus.RUNNER_JOB] = "127.0.0.1:8000"
         prometheus.native_config(source, targets, "127.0.0.1:9090")
 
 
@@ -139,7 +144,8 @@ def test_native_lab_runs_prometheus_on_the_lab_ports(tmp_path: Path) -> None:
                     break
                 time.sleep(0.5)
             assert health.get("ledger") == "up", health
-            assert set(health) == {*SERVICES, "prometheus"}
+            # No runner in this lab: its job is down, and listed.
+            assert set(health) == {*SERVICES, "prometheus", prometheus.RUNNER_JOB}
             ledger_port = SERVICES["ledger"].port + offset
             series = client.get("/api/v1/series", params={"match[]": 'up{job="ledger"}'}).json()
             assert series["data"][0]["instance"] == f"127.0.0.1:{ledger_port}"
@@ -149,3 +155,142 @@ def test_native_lab_runs_prometheus_on_the_lab_ports(tmp_path: Path) -> None:
     assert "prometheus" in down.stdout
     with pytest.raises(httpx.HTTPError):
         httpx.get(url + "/-/ready", timeout=2, trust_env=False)
+
+
+# -- the workshop runner's job ------------------------------------------------------------------
+
+
+def test_compose_config_scrapes_the_runner_on_the_host() -> None:
+    """prometheus.yml scrapes the runner's /metrics on the host's port 8000, the API's port."""
+    config = yaml.safe_load(CONFIG.read_text())
+    jobs = {job["job_name"]: job["static_configs"] for job in config["scrape_configs"]}
+    assert jobs[prometheus.RUNNER_JOB] == [{"targets": [f"host.docker.internal:{api.RUNNER_PORT}"]}]
+    assert prometheus.RUNNER_PORT == api.RUNNER_PORT
+
+
+def test_native_lab_config_scrapes_the_runner_at_its_offset_port(tmp_path: Path) -> None:
+    """The config `drill up --native` writes aims the runner job at 127.0.0.1:8000 + offset, and
+    promtool accepts it."""
+    if prometheus.binary() is None:
+        need_server("prometheus", INSTALL)
+    config = native.LabConfig(REPO_ROOT, state_dir=tmp_path, port_offset=300)
+    native._prometheus_command(config)
+    written = yaml.safe_load(native._prometheus_config_file(config).read_text())
+    jobs = {job["job_name"]: job["static_configs"] for job in written["scrape_configs"]}
+    assert jobs[prometheus.RUNNER_JOB] == [{"targets": [f"127.0.0.1:{api.RUNNER_PORT + 300}"]}]
+    assert jobs["ledger"] == [{"targets": [f"127.0.0.1:{SERVICES['ledger'].port + 300}"]}]
+    checked = promtool("check", "config", str(native._prometheus_config_file(config)))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_runner_that_is_not_running_pages_nobody() -> None:
+    """ServiceDown leaves the runner's job out: between programs it is down by design."""
+    red = yaml.safe_load((REPO_ROOT / "prometheus" / "rules" / "red.yml").read_text())
+    [rule] = [r for g in red["groups"] for r in g["rules"] if r.get("alert") == "ServiceDown"]
+    assert rule["expr"].startswith('up{job!~"prometheus|runner"}'), rule["expr"]
+
+
+# What the runner publishes in the dark room's first phase (drill/program/runner.py snapshot_of).
+PHASE_ONE = {
+    "running": True,
+    "entry": "1: dark room investigation",
+    "type": "phase",
+    "index": 1,
+    "time_left": 2400.0,
+    "elapsed": 1200.0,
+    "live": ["fp-drift", "n-plus-one"],
+    "traffic": [],
+    "paused": False,
+    "speed": 1.0,
+}
+
+
+def runner_queries() -> list[tuple[str, str, dict[str, object]]]:
+    """(dashboard file, panel title, target) for every panel query on the runner's metrics."""
+    found = []
+    for path in sorted((REPO_ROOT / "grafana" / "dashboards").glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        panels = [p for top in dashboard["panels"] for p in (top, *top.get("panels", []))]
+        for panel in panels:
+            for target in panel.get("targets", []):
+                if "drill_program_" in target.get("expr", ""):
+                    found.append((path.name, panel["title"], target))
+    return found
+
+
+@pytest.mark.lab
+def test_native_prometheus_scrapes_a_running_runner(tmp_path: Path) -> None:
+    """Prometheus with the native lab's generated config scrapes a runner's /metrics: the phase
+    is queryable, and every dashboard panel on the runner's metrics returns data."""
+    executable = prometheus.binary()
+    if executable is None:
+        need_server("prometheus", INSTALL)
+        return
+    offset = native.free_port_offset()
+    config = native.LabConfig(REPO_ROOT, state_dir=tmp_path, port_offset=offset)
+    runner_port = api.RUNNER_PORT + offset
+    if not native.port_free(runner_port):
+        pytest.skip(f"port {runner_port} is taken")
+    board = api.Board()
+    board.publish(PHASE_ONE)
+    server = api.ApiServer(
+        api.create_app(board, ("fp-drift", "circular-deadlock", "n-plus-one")), runner_port
+    )
+    server.start()
+    command = native._prometheus_command(config)
+    log = (tmp_path / "prometheus.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{prometheus.PORT + offset}"
+    try:
+        with httpx.Client(base_url=url, timeout=5, trust_env=False) as client:
+
+            def phase_scraped() -> list[dict[str, object]]:
+                try:
+                    body = client.get(
+                        "/api/v1/query", params={"query": "drill_program_phase_info"}
+                    ).json()
+                except (httpx.HTTPError, ValueError) as exc:  # 503 until it is ready
+                    raise AssertionError(f"Prometheus not answering: {exc}") from None
+                result: list[dict[str, object]] = body["data"]["result"]
+                assert result, "no drill_program_phase_info series yet"
+                return result
+
+            [series] = poll_until(phase_scraped, "the runner's phase in Prometheus", 30)
+            assert series["metric"] == {
+                "__name__": "drill_program_phase_info",
+                "job": prometheus.RUNNER_JOB,
+                "instance": f"127.0.0.1:{runner_port}",
+                "phase": "1: dark room investigation",
+                "type": "phase",
+                "index": "1",
+            }
+            queries = runner_queries()
+            assert len(queries) >= 5
+            empty = []
+            for name, title, target in queries:
+                body = client.get("/api/v1/query", params={"query": target["expr"]}).json()
+                if body["status"] != "success" or not body["data"]["result"]:
+                    empty.append(f"{name} › {title}: {target['expr']} → {body}")
+            assert not empty, "\n".join(empty)
+            live = client.get(
+                "/api/v1/query", params={"query": "drill_program_live_scenario == 1"}
+            ).json()["data"]["result"]
+            assert sorted(s["metric"]["scenario"] for s in live) == ["fp-drift", "n-plus-one"]
+            # The runner's series name no flag or trigger: the dark room stays dark.
+            labels = client.get("/api/v1/series", params={"match[]": '{job="runner"}'}).json()[
+                "data"
+            ]
+            assert {k for s in labels for k in s} <= {
+                "__name__",
+                "job",
+                "instance",
+                "phase",
+                "type",
+                "index",
+                "scenario",
+            }
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+        server.stop(3)
