@@ -26,6 +26,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import faults
 from drill import compose, native
 from drill.cli import app
 
@@ -212,12 +213,14 @@ def test_each_service_waits_for_what_it_talks_to(
     """Every host a service's environment names is a dependency, healthy unless best effort."""
     services = resolved["services"]
     config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    # Names extra_hosts maps (the host, for the runner) are no compose service to wait for.
+    outside = {h.split("=")[0] for h in services["prometheus"].get("extra_hosts", [])}
     scraped = {
         target.split(":")[0]
         for job in config["scrape_configs"]
         for group in job["static_configs"]
         for target in group["targets"]
-    } - {"localhost"}
+    } - {"localhost", *outside}
     needs: dict[str, set[str]] = {
         name: _hosts(service.get("environment")) for name, service in services.items()
     }
@@ -277,6 +280,33 @@ def test_flag_state_follows_the_hosts_drill_state_dir(tmp_path: Path) -> None:
     ledger = json.loads(result.stdout)["services"]["ledger"]
     [mount] = [v for v in ledger["volumes"] if v["target"] == STATE_TARGET]
     assert mount["source"] == str(tmp_path)
+
+
+def test_a_runner_on_the_host_writes_the_file_compose_mounts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`drill program start` in the checkout writes flags.json (the runner's lab config, as the
+    CLI builds it) in the directory compose mounts, with DRILL_STATE_DIR unset and set alike."""
+    for env in ({}, {"DRILL_STATE_DIR": str(tmp_path)}):
+        result = run_compose("config", "--format", "json", env=env)
+        assert result.returncode == 0, result.stderr
+        ledger = json.loads(result.stdout)["services"]["ledger"]
+        [mount] = [v for v in ledger["volumes"] if v["target"] == STATE_TARGET]
+        monkeypatch.delenv("DRILL_STATE_DIR", raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        config = native.LabConfig.from_env(ROOT)
+        assert faults.state_path(config.state_dir) == Path(mount["source"]) / "flags.json"
+
+
+def test_prometheus_reaches_the_host_for_the_runner(resolved: dict[str, Any]) -> None:
+    """The runner job's host.docker.internal resolves to the host from the Prometheus container."""
+    prometheus = resolved["services"]["prometheus"]
+    assert "host.docker.internal=host-gateway" in prometheus.get("extra_hosts", [])
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    [runner_job] = [job for job in config["scrape_configs"] if job["job_name"] == "runner"]
+    [target] = runner_job["static_configs"][0]["targets"]
+    assert target.startswith("host.docker.internal:")
 
 
 def test_locust_runs_distributed_with_the_class_picker(resolved: dict[str, Any]) -> None:
