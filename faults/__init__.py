@@ -1,6 +1,15 @@
 """The lab's flags: the catalog, the live state file, and typed evaluation for services."""
 
-from faults._catalog import CATALOG_PATH, Catalog, CatalogError, FlagSpec, FlagValue, load_catalog
+from faults._catalog import (
+    CATALOG_PATH,
+    DECOY,
+    Catalog,
+    CatalogError,
+    FlagSpec,
+    FlagValue,
+    decoy_flag,
+    load_catalog,
+)
 from faults._client import Flags
 from faults._layers import (
     DEFAULT,
@@ -9,6 +18,7 @@ from faults._layers import (
     PROGRAM,
     UNLAYERED,
     VERIFY,
+    FlagSetting,
     LayerChange,
     LayerFlag,
     LiveFlag,
@@ -18,6 +28,7 @@ from faults._layers import (
     recompute_document,
     replace_layer,
     set_layer_flags,
+    split_setting,
     verify_overlay,
 )
 from faults._state import (
@@ -34,7 +45,9 @@ __all__ = [
     "CATALOG_PATH",
     "Catalog",
     "CatalogError",
+    "DECOY",
     "DEFAULT",
+    "FlagSetting",
     "FlagSpec",
     "FlagStateError",
     "FlagValue",
@@ -48,6 +61,7 @@ __all__ = [
     "UNLAYERED",
     "VERIFY",
     "clear_layer",
+    "decoy_flag",
     "describe",
     "layer_flags",
     "live_flags",
@@ -58,6 +72,7 @@ __all__ = [
     "reset_flags",
     "set_flags",
     "set_layer_flags",
+    "split_setting",
     "state_path",
     "verify_overlay",
     "write_document",
