@@ -38,6 +38,7 @@ from faults._state import (
     reset_flags,
     set_flags,
     state_path,
+    targets,
     write_document,
 )
 
@@ -74,6 +75,7 @@ __all__ = [
     "set_layer_flags",
     "split_setting",
     "state_path",
+    "targets",
     "verify_overlay",
     "write_document",
 ]

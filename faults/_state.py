@@ -155,6 +155,22 @@ def reset_flags(directory: Path, catalog: Catalog) -> None:
         write_document(directory / STATE_FILE_NAME, catalog.defaults_document())
 
 
+def targets(definition: Mapping[str, Any]) -> dict[str, str]:
+    """The context attributes a targeted definition (flag_definition's `where`) is limited to."""
+    targeting = definition.get("targeting") or {}
+    branches = targeting.get("if") if isinstance(targeting, dict) else None
+    if not (isinstance(branches, list) and branches and isinstance(branches[0], dict)):
+        return {}
+    condition = branches[0]
+    tests = condition.get("and", [condition])
+    where = {}
+    for test in tests if isinstance(tests, list) else []:
+        operands = test.get("==") if isinstance(test, dict) else None
+        if isinstance(operands, list) and len(operands) == 2 and isinstance(operands[0], dict):
+            where[str(operands[0].get("var"))] = str(operands[1])
+    return where
+
+
 def describe(definition: Mapping[str, Any]) -> tuple[str, FlagValue | None, float | None]:
     """The variant a definition serves, its value, and the share it targets (None = everyone)."""
     targeting = definition.get("targeting") or {}

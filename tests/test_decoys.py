@@ -143,6 +143,23 @@ def test_flagd_serves_a_targeted_flag_only_on_its_service_and_route_for_its_shar
         bystander.close()
 
 
+def test_flags_list_shows_where_a_decoy_is_aimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`drill flags list` shows a program-set decoy's share, service and route."""
+    from typer.testing import CliRunner
+
+    from drill.cli import app
+
+    monkeypatch.setenv("DRILL_STATE_DIR", str(tmp_path))
+    where = here(SLOW_ROUTE, service="feed")
+    set_layer_flags(tmp_path, CATALOG, PROGRAM, {decoy_flag("log_flood"): ("on", 40, where)})
+    listing = CliRunner().invoke(app, ["flags", "list"], env={"COLUMNS": "400"})
+    assert listing.exit_code == 0, listing.output
+    row = next(line for line in listing.output.splitlines() if "generic.log_flood" in line)
+    assert "on (20) for 40% route=/items/{item_id} service=feed" in row
+
+
 # -- the kit applies each kind ----------------------------------------------------------------
 
 
