@@ -22,14 +22,15 @@ from pydantic import (
     model_validator,
 )
 
-from faults import Catalog
+from faults import Catalog, decoy_flag
 
 if TYPE_CHECKING:
     from drill.scenarios import Program
 
 # Debrief mode is this one flag (faults/flags.json); actions switch it with `reveal:`.
 REVEAL_FLAG = "lab.reveal"
-# Generic faults a decoy can be; services/kit will catalogue one flag kind for each.
+# Generic faults a decoy can be: each is the catalog flag `generic.<kind>` (faults.decoy_flag,
+# catalog kind "decoy"), applied by services/kit/decoys.py.
 DecoyKind = Literal["latency", "error_rate", "cpu_burn", "memory_growth", "log_flood"]
 DECOY_KINDS: tuple[str, ...] = get_args(DecoyKind)
 
@@ -179,7 +180,7 @@ def agenda_problems(program: Program, catalog: Catalog) -> Iterator[Problem]:
         names.add(entry.name)
         if isinstance(entry, Phase):
             yield from _phase_problems(program, catalog, index, entry)
-    yield from _decoy_problems(program)
+    yield from _decoy_problems(program, catalog)
 
 
 def _timing_problems(program: Program) -> Iterator[Problem]:
@@ -252,7 +253,7 @@ def _hint_problems(program: Program, phase: Phase, at: Location, hint: int) -> I
             yield at, f"{name} has {count} hints, not {hint}"
 
 
-def _decoy_problems(program: Program) -> Iterator[Problem]:
+def _decoy_problems(program: Program, catalog: Catalog) -> Iterator[Problem]:
     if program.rotation is None:
         return
     pool = program.agenda_scenarios()
@@ -262,6 +263,8 @@ def _decoy_problems(program: Program) -> Iterator[Problem]:
     services = program.services()
     for index, decoy in enumerate(program.rotation.decoys):
         here: Location = ("rotation", "decoys", index)
+        if decoy_flag(decoy.kind) not in catalog:
+            yield (*here, "kind"), f"the flag catalog has no {decoy_flag(decoy.kind)}"
         if decoy.service is not None and decoy.service not in services:
             known = ", ".join(sorted(services))
             yield (*here, "service"), f"unknown service {decoy.service!r}; known: {known}"
@@ -270,3 +273,17 @@ def _decoy_problems(program: Program) -> Iterator[Problem]:
         elif decoy.end > program.length:
             ends = f"ends at {format_clock(decoy.end)}"
             yield (*here, "end"), f"{ends}, after the program ({format_clock(program.length)})"
+        # One flag per kind: two decoys of a kind at once would need two targetings of it.
+        for other, earlier in enumerate(program.rotation.decoys[:index]):
+            if (
+                earlier.kind == decoy.kind
+                and earlier.start < decoy.end
+                and decoy.start < earlier.end
+            ):
+                yield (
+                    (*here, "start"),
+                    (
+                        f"overlaps rotation.decoys[{other}], another {decoy.kind} decoy; one decoy "
+                        "of a kind at a time"
+                    ),
+                )

@@ -26,6 +26,7 @@ from faults import (
     live_flags,
     load_catalog,
     set_layer_flags,
+    targets,
 )
 
 app = typer.Typer(help="Run the 3 A.M. Drill lab: start it, flip its flags, verify fixes.")
@@ -148,6 +149,8 @@ def flags_list(root: RootOption = None) -> None:
     for key, spec in catalog.flags.items():
         variant, value, share = describe(live[key].definition)
         shown = f"{variant} ({value!r})" + (f" for {share:g}%" if share is not None else "")
+        # A decoy's flag is limited to a service (and route).
+        shown += "".join(f" {k}={v}" for k, v in targets(live[key].definition).items())
         if variant != spec.default_variant:
             shown = f"[yellow]{shown}[/yellow]"
         source = live[key].layer

@@ -1,6 +1,15 @@
 """The lab's flags: the catalog, the live state file, and typed evaluation for services."""
 
-from faults._catalog import CATALOG_PATH, Catalog, CatalogError, FlagSpec, FlagValue, load_catalog
+from faults._catalog import (
+    CATALOG_PATH,
+    DECOY,
+    Catalog,
+    CatalogError,
+    FlagSpec,
+    FlagValue,
+    decoy_flag,
+    load_catalog,
+)
 from faults._client import Flags
 from faults._layers import (
     DEFAULT,
@@ -9,6 +18,7 @@ from faults._layers import (
     PROGRAM,
     UNLAYERED,
     VERIFY,
+    FlagSetting,
     LayerChange,
     LayerFlag,
     LiveFlag,
@@ -18,6 +28,7 @@ from faults._layers import (
     recompute_document,
     replace_layer,
     set_layer_flags,
+    split_setting,
     verify_overlay,
 )
 from faults._state import (
@@ -27,6 +38,7 @@ from faults._state import (
     reset_flags,
     set_flags,
     state_path,
+    targets,
     write_document,
 )
 
@@ -34,7 +46,9 @@ __all__ = [
     "CATALOG_PATH",
     "Catalog",
     "CatalogError",
+    "DECOY",
     "DEFAULT",
+    "FlagSetting",
     "FlagSpec",
     "FlagStateError",
     "FlagValue",
@@ -48,6 +62,7 @@ __all__ = [
     "UNLAYERED",
     "VERIFY",
     "clear_layer",
+    "decoy_flag",
     "describe",
     "layer_flags",
     "live_flags",
@@ -58,7 +73,9 @@ __all__ = [
     "reset_flags",
     "set_flags",
     "set_layer_flags",
+    "split_setting",
     "state_path",
+    "targets",
     "verify_overlay",
     "write_document",
 ]

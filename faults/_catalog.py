@@ -12,6 +12,13 @@ FlagValue = bool | int | float | str
 CATALOG_PATH = Path(__file__).with_name("flags.json")
 # Where services.kit (or an adapter such as the tax-store client) injects a flag's condition.
 INJECTION_POINTS = ("db.commit", "db.statement", "tax.lookup")
+# The kind of the generic faults behind decoys; services/kit applies them around every route.
+DECOY = "decoy"
+
+
+def decoy_flag(kind: str) -> str:
+    """The catalog flag of a decoy kind (drill/agenda.py's DECOY_KINDS): `generic.<kind>`."""
+    return f"generic.{kind}"
 
 
 class CatalogError(ValueError):
@@ -73,6 +80,10 @@ class Catalog:
 
     def __contains__(self, key: object) -> bool:
         return key in self.flags
+
+    def decoys(self) -> tuple[FlagSpec, ...]:
+        """The generic-fault flags (kind decoy), in catalog order."""
+        return tuple(spec for spec in self.flags.values() if spec.kind == DECOY)
 
     def defaults_document(self) -> dict[str, Any]:
         """A flagd document with every flag at its default (off) variant."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -19,7 +20,7 @@ from openfeature.provider import ProviderStatus
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge
 
-from faults._catalog import Catalog, FlagValue, load_catalog
+from faults._catalog import DECOY, Catalog, FlagValue, load_catalog
 
 log = logging.getLogger("faults")
 
@@ -68,6 +69,8 @@ class Flags:
         self._acted: collections.Counter[tuple[str, str]] = collections.Counter()
         self._lock = threading.Lock()
         self._healthy: bool | None = None
+        # Decoy flags the state file sets away from off: the kit evaluates only these per request.
+        self._live_decoys: tuple[str, ...] = ()
         self._client = api.get_client(self._domain)
         self._provider: Any = None
 
@@ -86,6 +89,7 @@ class Flags:
             # Raised when the file is missing or unreadable; the provider keeps polling for it.
             api.set_provider_and_wait(self._provider, domain=self._domain)
         self._healthy = self._client.get_provider_status() == ProviderStatus.READY
+        self._refresh_decoys()
         FLAG_STATE_OK.labels(self.service).set(1 if self._healthy else 0)
         if not self._healthy:
             log.warning(
@@ -116,11 +120,41 @@ class Flags:
             )
 
     def _on_ready(self, details: EventDetails) -> None:
+        self._refresh_decoys()
         FLAG_STATE_OK.labels(self.service).set(1)
         with self._lock:
             was_healthy, self._healthy = self._healthy, True
         if was_healthy is False:
             log.info("flag state %s readable again; flags reloaded", self.state_file)
+
+    def _refresh_decoys(self) -> None:
+        """Re-read which decoy flags the state file sets for this service; an unreadable file
+        keeps the last set. A decoy aimed at another service costs this one nothing."""
+        try:
+            flags = json.loads(self.state_file.read_text())["flags"]
+            live = tuple(
+                spec.key
+                for spec in self.catalog.decoys()
+                if _live_here(flags.get(spec.key), spec.default_variant, self.service)
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return
+        with self._lock:
+            self._live_decoys = live
+
+    def live_decoys(self) -> tuple[str, ...]:
+        """Decoy flags that may serve a value other than off (set live, or overridden in a test)."""
+        with self._lock:
+            live = self._live_decoys
+            if not self._overrides:
+                return live
+            overridden = {
+                key
+                for key, value in self._overrides.items()
+                if self.catalog[key].kind == DECOY and value != self.catalog[key].default_value
+            }
+            kept = tuple(key for key in live if key not in self._overrides)
+        return kept + tuple(sorted(overridden))
 
     def value(self, key: str, context: Mapping[str, Any] | None = None) -> FlagValue:
         """The flag's value for this evaluation context (targetingKey picks a fractional bucket)."""
@@ -144,6 +178,9 @@ class Flags:
             if self._revealing():
                 # Debrief only: the span says which trigger shaped this request.
                 trace.get_current_span().set_attribute(f"drill.trigger.{key}", value)
+        elif spec.kind == DECOY and value != spec.default_value and self._revealing():
+            # Debrief only, like triggers: the span names the decoy that shaped this request.
+            trace.get_current_span().set_attribute(f"drill.decoy.{key}", value)
         return value
 
     def _evaluate(self, key: str, default: FlagValue, ctx: EvaluationContext | None) -> FlagValue:
@@ -199,3 +236,22 @@ class Flags:
         finally:
             with self._lock:
                 self._overrides = saved
+
+
+def _live_here(definition: Any, off: str, service: str) -> bool:
+    """Whether a flag definition may serve a variant other than `off` to this service: it is
+    on for everyone, or its targeting does not pin `service` to another one."""
+    if not isinstance(definition, dict):
+        return False
+    targeting = definition.get("targeting")
+    if not targeting:
+        return bool(definition.get("defaultVariant", off) != off)
+    condition = targeting.get("if", [None])[0] if isinstance(targeting, dict) else None
+    tests = condition.get("and", [condition]) if isinstance(condition, dict) else []
+    for test in tests:
+        operands = test.get("==") if isinstance(test, dict) else None
+        if isinstance(operands, list) and len(operands) == 2:
+            attribute, value = operands
+            if attribute == {"var": "service"} and value != service:
+                return False
+    return True

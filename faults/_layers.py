@@ -37,6 +37,10 @@ from faults._state import (
     write_document,
 )
 
+# (variant, percent) or (variant, percent, where): percent None = everyone, where None = every
+# context.
+FlagSetting = tuple[str, float | None] | tuple[str, float | None, Mapping[str, str] | None]
+
 PROGRAM, INSTRUCTOR, VERIFY = "program", "instructor", "verify"
 # Precedence: a later layer wins, so a verify run's overlay beats the instructor, who beats the
 # program.
@@ -57,6 +61,12 @@ class LayerFlag:
     percent: float | None
     by: str
     at: str
+    # Context attributes the flag is limited to (a decoy's service and route); None = everyone.
+    where: dict[str, str] | None = None
+
+    @property
+    def setting(self) -> FlagSetting:
+        return (self.variant, self.percent, self.where)
 
 
 @dataclass(frozen=True)
@@ -96,26 +106,37 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _entries(
-    catalog: Catalog, changes: Mapping[str, tuple[str, float | None]], by: str
-) -> dict[str, LayerFlag]:
+def split_setting(setting: FlagSetting) -> tuple[str, float | None, dict[str, str] | None]:
+    """(variant, percent, where) of either form of a setting."""
+    where = setting[2] if len(setting) == 3 else None
+    return setting[0], setting[1], dict(where) if where else None
+
+
+def _entries(catalog: Catalog, changes: Mapping[str, FlagSetting], by: str) -> dict[str, LayerFlag]:
     """Validated entries: an unknown flag, variant or share raises before anything is written."""
     at = _now()
     entries = {}
-    for key, (variant, percent) in changes.items():
-        flag_definition(catalog, key, variant, percent)
-        entries[key] = LayerFlag(variant, None if percent is None else float(percent), by, at)
+    for key, setting in changes.items():
+        variant, percent, where = split_setting(setting)
+        flag_definition(catalog, key, variant, percent, where)
+        share = None if percent is None else float(percent)
+        entries[key] = LayerFlag(variant, share, by, at, where)
     return entries
 
 
 def _parse_entry(path: Path, catalog: Catalog, key: str, raw: Any) -> LayerFlag | None:
     """One entry of a layer file, or None (logged) when it is malformed or unknown."""
     try:
-        variant, percent = raw["variant"], raw.get("percent")
+        variant, percent, where = raw["variant"], raw.get("percent"), raw.get("where")
         if not isinstance(variant, str) or not isinstance(percent, int | float | None):
             raise TypeError("variant must be a string and percent a number or null")
-        flag_definition(catalog, key, variant, percent)
-        return LayerFlag(variant, percent, str(raw.get("by", "")), str(raw.get("at", "")))
+        if where is not None and not (
+            isinstance(where, dict) and all(isinstance(v, str) for v in where.values())
+        ):
+            raise TypeError("where must be an object of strings or null")
+        flag_definition(catalog, key, variant, percent, where)
+        by, at = str(raw.get("by", "")), str(raw.get("at", ""))
+        return LayerFlag(variant, percent, by, at, where or None)
     except (FlagStateError, TypeError, KeyError, AttributeError) as exc:
         log.warning("flag layer %s: entry %r skipped: %s", path, key, exc)
         return None
@@ -197,7 +218,7 @@ def _effective(catalog: Catalog, layers: Mapping[str, Layer]) -> dict[str, LiveF
             by = (layer.owner or {}).get("by")
             live = {key: LiveFlag(spec.definition(), name, by) for key, spec in specs}
         for key, entry in layer.flags.items():
-            definition = flag_definition(catalog, key, entry.variant, entry.percent)
+            definition = flag_definition(catalog, key, entry.variant, entry.percent, entry.where)
             live[key] = LiveFlag(definition, name, entry.by, entry.at)
     return live
 
@@ -214,10 +235,11 @@ def _write_layer(directory: Path, name: str, layer: Layer | None) -> None:
     if layer is None or layer.empty:
         path.unlink(missing_ok=True)
         return
-    flags = {
-        key: {"variant": e.variant, "percent": e.percent, "by": e.by, "at": e.at}
-        for key, e in layer.flags.items()
-    }
+    flags: dict[str, dict[str, Any]] = {}
+    for key, e in layer.flags.items():
+        flags[key] = {"variant": e.variant, "percent": e.percent, "by": e.by, "at": e.at}
+        if e.where:
+            flags[key]["where"] = e.where
     content: dict[str, Any] = {"layer": name, "mask": layer.mask, "flags": flags}
     if layer.owner is not None:
         content["owner"] = layer.owner
@@ -252,7 +274,7 @@ def set_layer_flags(
     directory: Path,
     catalog: Catalog,
     layer: str,
-    changes: Mapping[str, tuple[str, float | None]],
+    changes: Mapping[str, FlagSetting],
     *,
     by: str | None = None,
 ) -> dict[str, Any]:
@@ -283,7 +305,7 @@ def replace_layer(
     directory: Path,
     catalog: Catalog,
     layer: str,
-    flags: Mapping[str, tuple[str, float | None]],
+    flags: Mapping[str, FlagSetting],
     *,
     by: str | None = None,
 ) -> LayerChange:
@@ -302,7 +324,7 @@ def replace_layer(
         changed: dict[str, tuple[str, float | None]] = {}
         for key, entry in entries.items():
             old = current.flags.get(key)
-            if old is not None and (old.variant, old.percent) == (entry.variant, entry.percent):
+            if old is not None and old.setting == entry.setting:
                 kept[key] = old
             else:
                 kept[key] = entry

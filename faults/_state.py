@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from faults._catalog import Catalog, FlagValue
+from faults._catalog import Catalog, FlagSpec, FlagValue
 
 STATE_FILE_NAME = "flags.json"
 BASIS_POINTS = 10_000
@@ -84,9 +84,14 @@ def read_document(path: Path, catalog: Catalog) -> dict[str, Any]:
 
 
 def flag_definition(
-    catalog: Catalog, key: str, variant: str, percent: float | None = None
+    catalog: Catalog,
+    key: str,
+    variant: str,
+    percent: float | None = None,
+    where: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A flag set to a variant, for everyone or for a share of evaluation contexts."""
+    """A flag set to a variant, for everyone or for a share of evaluation contexts; with `where`,
+    only for contexts whose attributes equal it (a decoy's service and route)."""
     spec = catalog[key] if key in catalog else None
     if spec is None:
         raise FlagStateError(f"unknown flag {key!r}; see `drill flags list`")
@@ -94,20 +99,31 @@ def flag_definition(
         choices = ", ".join(spec.variants)
         raise FlagStateError(f"flag {key!r} has no variant {variant!r}; choose one of: {choices}")
     definition = spec.definition()
+    if percent is not None and not 0 < percent <= 100:
+        raise FlagStateError(f"flag {key!r}: percent must be in (0, 100], got {percent}")
+    if where and variant != spec.default_variant:
+        # flagd's JSON logic: the variant (or its share) where every attribute matches, else off.
+        tests = [{"==": [{"var": name}, value]} for name, value in sorted(where.items())]
+        matched = tests[0] if len(tests) == 1 else {"and": tests}
+        served = (
+            variant if percent is None or percent >= 100 else _fractional(spec, variant, percent)
+        )
+        definition["targeting"] = {"if": [matched, served, spec.default_variant]}
+        return definition
     if percent is None or percent >= 100:
         definition["defaultVariant"] = variant
         return definition
-    if not 0 < percent < 100:
-        raise FlagStateError(f"flag {key!r}: percent must be in (0, 100], got {percent}")
     if variant == spec.default_variant:
         return definition
+    definition["targeting"] = _fractional(spec, variant, percent)
+    return definition
+
+
+def _fractional(spec: FlagSpec, variant: str, percent: float) -> dict[str, Any]:
     # flagd's fractional hashes the targeting key, so one user (or request) stays in one bucket.
     # Its weights must be integers (a float weight silently serves the default): basis points.
     share = round(percent * 100)
-    definition["targeting"] = {
-        "fractional": [[variant, share], [spec.default_variant, BASIS_POINTS - share]]
-    }
-    return definition
+    return {"fractional": [[variant, share], [spec.default_variant, BASIS_POINTS - share]]}
 
 
 def set_flags(
@@ -139,9 +155,32 @@ def reset_flags(directory: Path, catalog: Catalog) -> None:
         write_document(directory / STATE_FILE_NAME, catalog.defaults_document())
 
 
+def targets(definition: Mapping[str, Any]) -> dict[str, str]:
+    """The context attributes a targeted definition (flag_definition's `where`) is limited to."""
+    targeting = definition.get("targeting") or {}
+    branches = targeting.get("if") if isinstance(targeting, dict) else None
+    if not (isinstance(branches, list) and branches and isinstance(branches[0], dict)):
+        return {}
+    condition = branches[0]
+    tests = condition.get("and", [condition])
+    where = {}
+    for test in tests if isinstance(tests, list) else []:
+        operands = test.get("==") if isinstance(test, dict) else None
+        if isinstance(operands, list) and len(operands) == 2 and isinstance(operands[0], dict):
+            where[str(operands[0].get("var"))] = str(operands[1])
+    return where
+
+
 def describe(definition: Mapping[str, Any]) -> tuple[str, FlagValue | None, float | None]:
     """The variant a definition serves, its value, and the share it targets (None = everyone)."""
     targeting = definition.get("targeting") or {}
+    branches = targeting.get("if") if isinstance(targeting, dict) else None
+    if isinstance(branches, list) and len(branches) == 3:
+        # A targeted definition (flag_definition's `where`): describe what the match serves.
+        served = branches[1]
+        if isinstance(served, str):
+            return served, definition.get("variants", {}).get(served), None
+        targeting = served
     fractional = targeting.get("fractional") if isinstance(targeting, dict) else None
     variants = definition.get("variants", {})
     if isinstance(fractional, list) and fractional and isinstance(fractional[0], list):

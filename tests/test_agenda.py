@@ -159,6 +159,12 @@ MISTAKES = [
         r"rotation\.decoys\[0\]\.kind: Input should be 'latency', 'error_rate'",
         "earthquake",
     ),
+    (
+        '    - kind: log_flood\n      start: "1:15"',
+        '    - kind: latency\n      start: "0:30"',
+        r"rotation\.decoys\[1\]\.start: overlaps rotation\.decoys\[0\], another latency decoy",
+        '"0:30"',
+    ),
 ]
 
 

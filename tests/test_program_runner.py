@@ -34,6 +34,7 @@ from drill.program.traffic import Traffic, background_users
 from faults import (
     INSTRUCTOR,
     PROGRAM,
+    FlagSetting,
     describe,
     layer_flags,
     load_catalog,
@@ -66,9 +67,10 @@ def new_runner(config: native.LabConfig, **options: Any) -> Runner:
     return Runner(config, program, catalog, seed, **options)
 
 
-def program_layer(config: native.LabConfig) -> dict[str, tuple[str, float | None]]:
+def program_layer(config: native.LabConfig) -> dict[str, FlagSetting]:
+    """The program layer's settings, as `wanted` gives them: a decoy's with its `where`."""
     return {
-        key: (entry.variant, entry.percent)
+        key: entry.setting if entry.where else (entry.variant, entry.percent)
         for key, entry in layer_flags(config.state_dir, CATALOG, PROGRAM).items()
     }
 
@@ -104,8 +106,8 @@ def test_the_program_layer_holds_exactly_what_is_wanted_at_each_time(
     for moment in ("0:00", "0:14:59", "0:15", "0:40", "1:05", "1:30", "2:35", "2:55"):
         runner.tick(at_program(1, moment))
         expected = wanted(runner.program, hms(moment), started.seed).flags
-        assert program_layer(config) == {k: (v, p) for k, (v, p) in expected.items()}, moment
-        assert served(config) == dict(expected), moment
+        assert program_layer(config) == dict(expected), moment
+        assert served(config) == {k: setting[:2] for k, setting in expected.items()}, moment
         seen_any = seen_any or bool(expected)
     assert seen_any, "the agenda turns triggers on somewhere"
     assert program_layer(config) == {"lab.reveal": ("on", None)}, "wrap-up stays revealed"

@@ -17,8 +17,8 @@ from drill.agenda import REVEAL_FLAG, Break, Decoy, Phase, format_clock
 from drill.program.journal import Event
 from drill.program.rotation import draw
 from drill.scenarios import Program
+from faults import FlagSetting, decoy_flag
 
-FlagSetting = tuple[str, float | None]  # (variant, percent); percent None means everyone
 _NONE_YET = object()  # no phase_changed journaled in this run
 
 
@@ -44,7 +44,9 @@ class ShownMessage:
 @dataclass(frozen=True)
 class Wanted:
     """The lab as it should be at `elapsed` program seconds. Flags not in `flags` are at their
-    catalog default (off); `entry` is None once the program has run its length."""
+    catalog default (off); `entry` is None once the program has run its length. `flags` holds
+    (variant, percent) for triggers and actions, and (variant, percent, where) for the due
+    decoys' generic-fault flags, limited to their service and route."""
 
     elapsed: float
     index: int | None
@@ -106,6 +108,8 @@ def wanted(program: Program, elapsed: float, seed: int) -> Wanted:
         questions = tuple(entry.questions)
     if reveal:
         flags[REVEAL_FLAG] = ("on", None)
+    decoys = tuple(d for d in rotation.decoys if d.start <= elapsed < d.end)
+    flags.update(decoy_flags(decoys))
     following = index + 1
     return Wanted(
         elapsed=elapsed,
@@ -116,12 +120,29 @@ def wanted(program: Program, elapsed: float, seed: int) -> Wanted:
         drawn=rotation.live,
         live=live,
         flags=flags,
-        decoys=tuple(d for d in rotation.decoys if d.start <= elapsed < d.end),
+        decoys=decoys,
         traffic=traffic,
         hints=hints,
         messages=messages,
         questions=questions,
     )
+
+
+def decoy_flags(decoys: Iterable[Decoy]) -> dict[str, FlagSetting]:
+    """Each decoy as its generic-fault flag, on for its share of its service's (route's) requests.
+
+    The agenda refuses two decoys of one kind at once, so no decoy overwrites another here.
+    """
+    flags: dict[str, FlagSetting] = {}
+    for decoy in decoys:
+        if decoy.service is None:  # the seed left it nowhere to go (rotation.Draw.problems)
+            continue
+        where = {"service": decoy.service}
+        if decoy.route is not None:
+            where["route"] = decoy.route
+        percent = decoy.percent if decoy.percent < 100 else None
+        flags[decoy_flag(decoy.kind)] = ("on", percent, where)
+    return flags
 
 
 def _phase_flags(

@@ -38,7 +38,16 @@ from drill.program.journal import Event, Journal
 from drill.program.plan import Wanted, pending_events, wanted
 from drill.program.traffic import Traffic, TrafficEvent, TrafficProcess
 from drill.scenarios import Program, load_program
-from faults import PROGRAM, Catalog, clear_layer, load_catalog, replace_layer
+from faults import (
+    DECOY,
+    PROGRAM,
+    Catalog,
+    FlagSetting,
+    clear_layer,
+    load_catalog,
+    replace_layer,
+    split_setting,
+)
 
 TICK_S = 0.5
 RUNNER = "runner"
@@ -195,7 +204,6 @@ class Runner:
         self._journal_pending(events, state, now)
         self._reconcile_flags(state, now)
         self._reconcile_traffic(state, now)
-        self._note_decoys(events, state, now)
         self.clock, self.state = clock, state
         self._publish(clock, state)
         return state
@@ -245,22 +253,41 @@ class Runner:
             self.config.state_dir, self.catalog, PROGRAM, dict(state.flags), by=f"program: {entry}"
         )
         for flag, (variant, percent) in sorted(change.set.items()):
-            self._journal_flag(flag, variant, percent, now, entry)
+            # A decoy's flag also says where it lands (service, route).
+            where = split_setting(state.flags[flag])[2] if flag in state.flags else None
+            self._journal_flag(flag, variant, percent, now, entry, where, state.reveal)
         for flag in change.cleared:
-            self._journal_flag(flag, self.catalog[flag].default_variant, None, now, entry)
+            default = self.catalog[flag].default_variant
+            self._journal_flag(flag, default, None, now, entry, None, state.reveal)
 
     def _journal_flag(
-        self, flag: str, variant: str, percent: float | None, now: datetime, why: str
+        self,
+        flag: str,
+        variant: str,
+        percent: float | None,
+        now: datetime,
+        why: str,
+        where: dict[str, str] | None = None,
+        reveal: bool = False,
     ) -> None:
-        self.journal.append(
-            "flag_changed", RUNNER, now,
-            flag=flag, variant=variant, percent=percent, layer=PROGRAM, entry=why,
-        )  # fmt: skip
+        fields: dict[str, Any] = {
+            "flag": flag,
+            "variant": variant,
+            "percent": percent,
+            "layer": PROGRAM,
+            "entry": why,
+        }
+        if where:
+            fields["where"] = where
+        self.journal.append("flag_changed", RUNNER, now, **fields)
         if flag == REVEAL_FLAG:
             self.journal.append("reveal_changed", RUNNER, now, reveal=variant)
-        if self.annotator is not None:
+        # Dashboards are the teams' view: a decoy is marked on them only in reveal mode.
+        hidden = self.catalog[flag].kind == DECOY and not reveal
+        if self.annotator is not None and not hidden:
             share = f" for {percent:g}%" if percent is not None else ""
-            self.annotator.point(now, f"{flag} = {variant}{share} (program)", ("flag",))
+            on = "".join(f" {k}={v}" for k, v in (where or {}).items())
+            self.annotator.point(now, f"{flag} = {variant}{share}{on} (program)", ("flag",))
 
     def _reconcile_traffic(self, state: Wanted, now: datetime) -> None:
         if self.traffic is None:
@@ -274,20 +301,6 @@ class Runner:
             self.journal.append(change.kind, RUNNER, now, **change.fields)
         if self.files.run.exists():
             self.files.update_run(traffic=self.traffic.records())
-
-    def _note_decoys(self, events: list[Event], state: Wanted, now: datetime) -> None:
-        # services/kit has no generic-fault flags yet: a decoy is scheduled but cannot be set.
-        noted = {e.fields.get("decoy") for e in events if e.kind == "note"}
-        for decoy in state.decoys:
-            key = f"{decoy.kind}@{decoy.service}:{format_clock(decoy.start)}"
-            if key in noted:
-                continue
-            text = (
-                f"decoy {decoy.kind} on {decoy.service} ({format_clock(decoy.start)}-"
-                f"{format_clock(decoy.end)}) is due, but the flag catalog has no generic-fault "
-                "flag to set it with; not applied"
-            )
-            events.append(self.journal.append("note", RUNNER, now, text=text, decoy=key))
 
     def _publish(self, clock: ProgramClock, state: Wanted) -> None:
         if self.board is None:
@@ -318,6 +331,11 @@ class Runner:
                     self.board.publish({"running": False, "reason": reason})
 
 
+def _flag_json(setting: FlagSetting) -> dict[str, Any]:
+    variant, percent, where = split_setting(setting)
+    return {"variant": variant, "percent": percent, **({"where": where} if where else {})}
+
+
 def snapshot_of(program: Program, clock: ProgramClock, state: Wanted, seed: int) -> dict[str, Any]:
     """The program's state as JSON-ready data: for `GET /program`, metrics and status."""
     entry, following = state.entry, state.next_entry
@@ -339,11 +357,13 @@ def snapshot_of(program: Program, clock: ProgramClock, state: Wanted, seed: int)
         "questions": list(state.questions),
         "live": list(state.live),
         "drawn": list(state.drawn),
-        "flags": {k: {"variant": v, "percent": p} for k, (v, p) in sorted(state.flags.items())},
+        "flags": {key: _flag_json(setting) for key, setting in sorted(state.flags.items())},
         "decoys": [
             {
                 "kind": d.kind,
                 "service": d.service,
+                "route": d.route,
+                "percent": d.percent,
                 "start": format_clock(d.start),
                 "end": format_clock(d.end),
             }

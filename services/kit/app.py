@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from faults import Flags
 from services.kit import db, metrics, telemetry, work
+from services.kit.decoys import DecoyMiddleware
 from services.kit.errors import install_error_handlers
 from services.kit.limits import BodyLimitMiddleware
 from services.kit.logs import configure_logging
@@ -151,6 +152,14 @@ def create_service_app(
         _inject_conditions(app.state.flags, settings.service_name, engine, app.state.sessions)
 
     install_error_handlers(app)
+    # Innermost: a decoy's latency and errors show in the RED metrics and spans like any other.
+    app.state.decoy_memory = []
+    app.add_middleware(
+        DecoyMiddleware,
+        flags=app.state.flags,
+        service=settings.service_name,
+        retained=app.state.decoy_memory,
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.REDMiddleware, service=settings.service_name)
     app.include_router(health)
