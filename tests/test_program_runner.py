@@ -385,7 +385,8 @@ def journal_note(config: native.LabConfig) -> Any:
 def test_phase_changes_become_regions_and_flag_changes_points(
     config: native.LabConfig, grafana: tuple[str, Calls, list[bool]]
 ) -> None:
-    """Each entry opens a region that the next one closes with PATCH; flags are points."""
+    """Each entry opens a region that the next one closes with PATCH. Flag changes stay off
+    the dashboards in the dark room; reveal mode marks them, the earlier ones at their times."""
     url, calls, _ = grafana
     control.prepare(config, traffic=False, now=T0)
     files = ProgramFiles.of(config.state_dir)
@@ -393,16 +394,29 @@ def test_phase_changes_become_regions_and_flag_changes_points(
     runner = new_runner(config, annotator=annotator)
     runner.tick(at_program(1, "0:01"))
     runner.tick(at_program(1, "0:16"))
+    dark_room = events(config, "flag_changed")
+    flags = {e.fields["flag"] for e in dark_room}
+    assert flags, "the dark room turned triggers on"
+    runner.tick(at_program(1, "2:31"))  # the post-mortem: reveal mode on
     runner.rollback("stopped")
     posts = [body for method, _, body in calls if method == "POST"]
     patches = [(path, body) for method, path, body in calls if method == "PATCH"]
     regions = [p["text"] for p in posts if "phase" in p["tags"]]
-    points = [p for p in posts if "flag" in p["tags"]]
-    assert regions == ["phase: welcome and setup", "phase: 1: dark room investigation"]
-    flags = {e.fields["flag"] for e in events(config, "flag_changed")}
-    assert flags and len(points) == 2 * len(flags), "each flag on, then off at the stop"
-    # The welcome region (the first POST) closed at the dark room, the dark room's at the stop.
-    assert [path for path, _ in patches] == ["/api/annotations/1", "/api/annotations/2"]
+    points = [p["text"] for p in posts if "flag" in p["tags"]]
+    assert regions[:2] == ["phase: welcome and setup", "phase: 1: dark room investigation"]
+    # Reveal marks the dark room's changes at their own times, then itself.
+    for flag in flags:
+        assert any(text.startswith(f"{flag} = ") for text in points), (flag, points)
+    assert any(text.startswith("lab.reveal = on") for text in points), points
+    # Marked once each, by reveal mode at its own time: not also when it happened (the
+    # annotator posts from a thread, so the dark room's posts are only counted here).
+    before_reveal = [
+        p["time"] for p in posts
+        if "flag" in p["tags"] and p["time"] < at_program(1, "2:30").timestamp() * 1000
+    ]  # fmt: skip
+    assert sorted(before_reveal) == sorted(int(e.ts.timestamp() * 1000) for e in dark_room)
+    # Each region (one per entry reached) is closed by PATCH, the last one at the stop.
+    assert len(patches) == len(regions)
     assert all(body["timeEnd"] > 0 for _, body in patches)
     assert not [e for e in events(config, "note") if "Grafana" in e.fields["text"]]
 

@@ -39,7 +39,6 @@ from drill.program.plan import Wanted, pending_events, wanted
 from drill.program.traffic import Traffic, TrafficEvent, TrafficProcess
 from drill.scenarios import Program, load_program
 from faults import (
-    DECOY,
     PROGRAM,
     Catalog,
     FlagSetting,
@@ -282,12 +281,33 @@ class Runner:
         self.journal.append("flag_changed", RUNNER, now, **fields)
         if flag == REVEAL_FLAG:
             self.journal.append("reveal_changed", RUNNER, now, reveal=variant)
-        # Dashboards are the teams' view: a decoy is marked on them only in reveal mode.
-        hidden = self.catalog[flag].kind == DECOY and not reveal
-        if self.annotator is not None and not hidden:
-            share = f" for {percent:g}%" if percent is not None else ""
-            on = "".join(f" {k}={v}" for k, v in (where or {}).items())
-            self.annotator.point(now, f"{flag} = {variant}{share}{on} (program)", ("flag",))
+        if self.annotator is None:
+            return
+        # Dashboards are the teams' view, and the dark room keeps them dark: a flag change is
+        # marked on them only in reveal mode. When reveal mode comes on, the changes made
+        # before it are marked at the times they happened, for the debrief.
+        if flag == REVEAL_FLAG and reveal:
+            self._annotate_earlier_flags(now)
+        if reveal:
+            self.annotator.point(now, _flag_text(flag, variant, percent, where), ("flag",))
+
+    def _annotate_earlier_flags(self, now: datetime) -> None:
+        assert self.annotator is not None
+        run: list[Event] = []
+        for event in self.journal.read().events:
+            if event.kind == "program_started":
+                run = []
+            elif event.kind == "flag_changed" and event.ts < now:
+                run.append(event)
+        for event in run:
+            fields = event.fields
+            if fields.get("flag") == REVEAL_FLAG:
+                continue
+            text = _flag_text(
+                str(fields.get("flag")), str(fields.get("variant")),
+                fields.get("percent"), fields.get("where"),
+            )  # fmt: skip
+            self.annotator.point(event.ts, text, ("flag",))
 
     def _reconcile_traffic(self, state: Wanted, now: datetime) -> None:
         if self.traffic is None:
@@ -489,3 +509,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _flag_text(flag: str, variant: str, percent: float | None, where: dict[str, str] | None) -> str:
+    share = f" for {percent:g}%" if percent is not None else ""
+    on = "".join(f" {k}={v}" for k, v in (where or {}).items())
+    return f"{flag} = {variant}{share}{on} (program)"
