@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -664,15 +665,25 @@ def port_free(port: int) -> bool:
     return True
 
 
+_LAB_PORTS_FROM, _LAB_PORTS_BELOW = 10_000, 32_768
+
+
 def free_port_offset() -> int:
-    """A DRILL_PORT_OFFSET that puts every service on a port free right now (tests, benchmarks)."""
-    ports = [spec.port for spec in (*SERVICES.values(), PROMETHEUS)]
+    """A DRILL_PORT_OFFSET that puts every service on a port free right now (tests, benchmarks).
+
+    The range is drawn below Linux's ephemeral ports (32768 and up), where every outgoing
+    connection takes its local port: a lab port chosen there was taken by some client socket
+    between this check and the service's bind ("address already in use") when labs ran side
+    by side.
+    """
+    from drill.program.api import RUNNER_PORT  # the runner API shifts with the lab
+
+    ports = [spec.port for spec in (*SERVICES.values(), PROMETHEUS)] + [RUNNER_PORT]
     low, high = min(ports), max(ports)
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            base = int(sock.getsockname()[1])
-        if base + (high - low) < 65536 and all(port_free(base - low + p) for p in ports):
+    draw = random.Random()
+    for _ in range(200):
+        base = draw.randrange(_LAB_PORTS_FROM, _LAB_PORTS_BELOW - (high - low))
+        if all(port_free(base - low + p) for p in ports):
             return base - low
     raise LabError("no free range of ports found for the lab; stop other labs and retry")
 
