@@ -703,17 +703,19 @@ def test_start_launches_a_detached_runner_that_stop_ends(
     offset = free_runner_offset()
     monkeypatch.setenv("DRILL_GRAFANA_URL", closed_url())
     lab = native.LabConfig(REPO_ROOT, config.state_dir, offset)
-    started = control.start(lab, at="0:20", speed=60, traffic=False)
+    # In the post-mortem, reveal mode is on: the detached runner (`python -m`) posts flag
+    # annotations, a path the foreground runner does not take at module import.
+    started = control.start(lab, at="2:35", speed=60, traffic=False)
     files = ProgramFiles.of(config.state_dir)
     try:
         assert started.pid == files.read_run()["pid"] and started.pid != os.getpid()
-        assert program_layer(config), "the first tick set the dark room's triggers"
+        assert program_layer(config), "the first tick set the post-mortem's triggers"
         status = CliRunner().invoke(
             app,
             ["program", "status", "--root", str(REPO_ROOT)],
             env={"DRILL_STATE_DIR": str(config.state_dir), "COLUMNS": "200"},
         )
-        assert f"runner pid {started.pid}" in status.output and "1: dark room" in status.output
+        assert f"runner pid {started.pid}" in status.output and "4: post-mortem" in status.output
         assert "stopped and rolled back" in control.stop(lab)
         assert not native._alive(started.pid)
     finally:
@@ -722,3 +724,5 @@ def test_start_launches_a_detached_runner_that_stop_ends(
     assert program_layer(config) == {}
     assert events(config)[-1].kind == "program_stopped"
     assert "runner stopped" in files.log.read_text()
+    failed = [e.fields["text"] for e in events(config, "note") if "tick failed" in e.fields["text"]]
+    assert not failed, failed

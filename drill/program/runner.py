@@ -497,6 +497,12 @@ def serve(config: native.LabConfig) -> int:
     return 0
 
 
+def _flag_text(flag: str, variant: str, percent: float | None, where: dict[str, str] | None) -> str:
+    share = f" for {percent:g}%" if percent is not None else ""
+    on = "".join(f" {k}={v}" for k, v in (where or {}).items())
+    return f"{flag} = {variant}{share}{on} (program)"
+
+
 def _note(journal: Journal, text: str) -> None:
     journal.append("note", RUNNER, text=text)
 
@@ -509,9 +515,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _flag_text(flag: str, variant: str, percent: float | None, where: dict[str, str] | None) -> str:
-    share = f" for {percent:g}%" if percent is not None else ""
-    on = "".join(f" {k}={v}" for k, v in (where or {}).items())
-    return f"{flag} = {variant}{share}{on} (program)"
