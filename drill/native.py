@@ -676,9 +676,8 @@ def free_port_offset() -> int:
     between this check and the service's bind ("address already in use") when labs ran side
     by side.
     """
-    from drill.program.api import RUNNER_PORT  # the runner API shifts with the lab
-
-    ports = [spec.port for spec in (*SERVICES.values(), PROMETHEUS)] + [RUNNER_PORT]
+    # The runner's API shifts with the lab too.
+    ports = [spec.port for spec in (*SERVICES.values(), PROMETHEUS)] + [prometheus.RUNNER_PORT]
     low, high = min(ports), max(ports)
     draw = random.Random()
     for _ in range(200):

@@ -20,7 +20,7 @@ READY_PATH = "/-/ready"
 BINARY = "prometheus"
 INSTALL_HINT = "install it (Debian: `apt-get install prometheus`) or leave it out"
 # The workshop runner's job: `drill program start` serves /metrics on this port plus
-# DRILL_PORT_OFFSET (drill/program/api.py's RUNNER_PORT; importing it here would pull in uvicorn).
+# DRILL_PORT_OFFSET. Defined here, the light module, for the runner's API and the lab's ports.
 RUNNER_JOB = "runner"
 RUNNER_PORT = 8000
 

@@ -14,7 +14,9 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Info, generate_latest
 
-RUNNER_PORT = 8000
+from drill.prometheus import RUNNER_PORT
+
+__all__ = ["RUNNER_PORT", "ApiServer", "Board", "create_app"]
 HOST = "127.0.0.1"
 
 
