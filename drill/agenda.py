@@ -110,7 +110,7 @@ class Phase(_Strict):
     end: ClockTime
     scenarios: list[str] = []
     triggers: Switch = "off"
-    traffic: Switch = Field("off", description="Background traffic for its live scenarios")
+    traffic: Switch = Field("off", description="Background traffic for each of its scenarios")
     checkpoint: str | None = Field(None, description="What a team should answer by the end")
     actions: list[Action] = []
 

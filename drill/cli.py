@@ -49,7 +49,8 @@ RootOption = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    # One line however narrow the terminal: a file:line or a path stays whole to copy.
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -427,6 +428,12 @@ def program_start(
 @program_app.command("status")
 def program_status(
     watch: Annotated[bool, typer.Option("--watch", help="A live panel until Ctrl-C.")] = False,
+    room: Annotated[
+        bool,
+        typer.Option(
+            "--room", help="For the projector: no culprit, trigger or decoy until reveal mode."
+        ),
+    ] = False,
     root: RootOption = None,
 ) -> None:
     """The phase, time left and what comes next; live triggers and decoys; the break's questions."""
@@ -438,13 +445,13 @@ def program_status(
 
     config = _config(root)
     if not watch:
-        console.print(view.render(control.read_status(config)))
+        console.print(view.render(control.read_status(config), room))
         return
-    with Live(view.render(control.read_status(config)), console=console, screen=False) as live:
+    with Live(view.render(control.read_status(config), room), console=console) as live:
         try:
             while True:
                 time.sleep(0.5)
-                live.update(view.render(control.read_status(config)))
+                live.update(view.render(control.read_status(config), room))
         except KeyboardInterrupt:
             pass
 

@@ -13,6 +13,11 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "DRILL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# pytest-xdist's workers run with COLUMNS=80 in their environment. Rich reads COLUMNS once,
+# when the CLI's consoles are made at import, and would keep 80 columns for every test; without
+# it, a console reads the width each CLI test gives its runner.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
 
 
 def need_server(what: str, how_to_start: str) -> None:

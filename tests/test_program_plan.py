@@ -51,15 +51,17 @@ def test_before_the_dark_room_nothing_is_on(seed_program: Program) -> None:
 
 
 def test_the_dark_room_turns_the_culprits_triggers_and_traffic_on(seed_program: Program) -> None:
-    """At 0:15 the drawn scenario's triggers are live as the scenario defines them, with its
-    background traffic, and no other scenario's."""
+    """At 0:15 the drawn scenario's triggers are live as the scenario defines them, and no
+    other scenario's; every scenario of the phase has its background traffic (traffic on the
+    culprit alone would name it)."""
     name = culprit(seed_program)
     state = wanted(seed_program, t("0:15"), SEED)
     assert state.entry is not None and state.entry.name == "1: dark room investigation"
     assert state.live == (name,) == state.drawn
     triggers = seed_program.scenario(name).triggers
     assert state.flags == {t.flag: (t.variant, t.percent) for t in triggers}
-    assert state.traffic == {name}
+    assert state.traffic == set(state.entry.scenarios) and name in state.traffic
+    assert len(state.traffic) == 3
     assert state.questions == ("What did you rule out, and from which signal?",)
     assert state.hints == (), "the dark room gives no hints"
 

@@ -305,6 +305,32 @@ def test_status_shows_the_phase_time_left_and_the_coming_breaks_questions(
     assert flag in result.output
 
 
+def test_the_room_view_hides_the_culprit_and_decoys_until_reveal_mode(
+    config: native.LabConfig,
+) -> None:
+    """`status --room` (the projector) names no culprit, trigger or decoy in the dark room, and
+    names them in the post-mortem, when reveal mode is on."""
+    control.prepare(config, traffic=False, annotations=False, now=datetime.now(UTC))
+    env = {"DRILL_STATE_DIR": str(config.state_dir), "COLUMNS": "200"}
+    command = ["program", "status", "--room", "--root", str(REPO_ROOT)]
+    program, _ = load(config)
+    [culprit] = wanted(program, hms("0:30"), 2026).drawn
+    secrets = [culprit, *(t.flag for t in program.scenarios[culprit].triggers), "generic."]
+    control.change_clock(config, "goto", "0:30")  # the dark room, a decoy live
+    control.change_clock(config, "pause")
+    new_runner(config).tick(datetime.now(UTC))
+    assert any(flag.startswith("generic.") for flag in program_layer(config))
+    result = CliRunner().invoke(app, command, env=env)
+    assert result.exit_code == 0, result.output
+    assert "1: dark room investigation" in result.output and "hidden until reveal" in result.output
+    assert [s for s in secrets if s in result.output] == []
+    control.change_clock(config, "goto", "2:35")  # the post-mortem: reveal mode
+    new_runner(config).tick(datetime.now(UTC))
+    result = CliRunner().invoke(app, command, env=env)
+    assert result.exit_code == 0, result.output
+    assert culprit in result.output and "hidden until reveal" not in result.output
+
+
 def test_the_api_serves_the_phase_as_metrics_and_json() -> None:
     """/metrics carries drill_program_phase, seconds left and live scenarios; /program the JSON."""
     config = native.LabConfig(REPO_ROOT)
@@ -320,9 +346,26 @@ def test_the_api_serves_the_phase_as_metrics_and_json() -> None:
         assert 'drill_program_phase_info{index="1",phase="1: dark room investigation"' in text
         assert "drill_program_seconds_left 2400.0" in text
         live = snapshot["live"][0]
-        assert f'drill_program_live_scenario{{scenario="{live}"}} 1.0' in text
+        # The dark room: the count, and no name, in the metrics and the JSON alike.
+        assert "drill_program_live_scenarios 1.0" in text
+        assert f'drill_program_live_scenario{{scenario="{live}"}} 0.0' in text
         body = client.get("/program").json()
         assert body["entry"] == "1: dark room investigation" and body["next"] == "first tea break"
+        assert not {"drawn", "live", "flags", "decoys"} & set(body)
+        for trigger in program.scenarios[live].triggers:
+            assert trigger.flag not in json.dumps(body)
+        assert live not in json.dumps(body["hints"])
+    # The post-mortem turns reveal mode on: now the room may know.
+    post_mortem = hms("2:35")
+    clock = ProgramClock.start(T0, post_mortem)
+    snapshot = snapshot_of(program, clock, wanted(program, post_mortem, 2026), 2026)
+    assert snapshot["reveal"] and snapshot["live"] == [live]
+    board.publish({**snapshot, "running": True, "traffic": []})
+    with TestClient(create_app(board, program.agenda_scenarios())) as client:
+        text = client.get("/metrics").text
+        assert f'drill_program_live_scenario{{scenario="{live}"}} 1.0' in text
+        body = client.get("/program").json()
+        assert body["live"] == [live] and body["flags"] == snapshot["flags"]
     # A second app registers its metrics again without a clash.
     create_app(Board(), program.agenda_scenarios())
 
@@ -565,8 +608,8 @@ def test_the_runner_process_rolls_back_within_two_seconds_of_sigterm(
     config: native.LabConfig,
 ) -> None:
     """A foreground runner serves /metrics, refuses a second start and runs the dark room's
-    background Locust; on SIGTERM, within 2 s, every program flag is off and Locust is gone,
-    with traffic_stopped and program_stopped journaled."""
+    background Locust, one per scenario of the phase; on SIGTERM, within 2 s, every program
+    flag is off and every Locust is gone, with traffic_stopped and program_stopped journaled."""
     hits: list[str] = []
     target = ThreadingHTTPServer(("127.0.0.1", 0), type("T", (_Target,), {"hits": hits}))
     threading.Thread(target=target.serve_forever, daemon=True).start()
@@ -584,12 +627,15 @@ def test_the_runner_process_rolls_back_within_two_seconds_of_sigterm(
         with pytest.raises(ProgramError, match="already running"):
             control.start(native.LabConfig(REPO_ROOT, config.state_dir, offset))
         wait_for(lambda: hits, "background traffic at the scenario's host", timeout=30)
-        (locust,) = files.traffic_records().values()
-        assert program_layer(config) and native._alive(locust.pid)
+        wait_for(lambda: len(files.traffic_records()) == 3, "a Locust per scenario")
+        locusts = list(files.traffic_records().values())
+        assert program_layer(config) and all(native._alive(lo.pid) for lo in locusts)
         process.send_signal(signal.SIGTERM)
         began = time.monotonic()
         wait_for(lambda: not program_layer(config), "the program layer to clear", timeout=2)
-        wait_for(lambda: not native._alive(locust.pid), "Locust to stop", timeout=2)
+        wait_for(
+            lambda: not any(native._alive(lo.pid) for lo in locusts), "Locust to stop", timeout=2
+        )
         assert time.monotonic() - began < 2.0
         assert process.wait(timeout=5) == 0
     finally:
@@ -599,7 +645,8 @@ def test_the_runner_process_rolls_back_within_two_seconds_of_sigterm(
         target.shutdown()
         target.server_close()
     assert served(config) == {}
-    assert [e.fields["scenario"] for e in events(config, "traffic_stopped")] == [locust.scenario]
+    stopped = [e.fields["scenario"] for e in events(config, "traffic_stopped")]
+    assert sorted(stopped) == sorted(lo.scenario for lo in locusts)
     assert [e.fields["reason"] for e in events(config, "program_stopped")] == ["stopped (SIGTERM)"]
     notes = [e.fields["text"] for e in events(config, "note")]
     assert len([n for n in notes if "Grafana" in n]) == 1, notes

@@ -1,5 +1,8 @@
 """The runner's API on port 8000 (plus DRILL_PORT_OFFSET): `/metrics` and `GET /program`.
 
+Both show the room's view (drill.program.room): the culprit, triggers and decoys only in
+reveal mode.
+
 A small FastAPI app served by uvicorn on a thread of the runner process, bound to 127.0.0.1.
 The runner publishes a snapshot after every tick; the routes only read it. Teams' endpoints
 will join this app later, so it is an app factory with its state on `app.state`.
@@ -14,6 +17,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Info, generate_latest
 
+from drill.program.room import revealed, room_view
 from drill.prometheus import RUNNER_PORT
 
 __all__ = ["RUNNER_PORT", "ApiServer", "Board", "create_app"]
@@ -63,8 +67,13 @@ class ProgramMetrics:
         )
         self.live = Gauge(
             "drill_program_live_scenario",
-            "1 for each scenario whose triggers the current phase runs",
+            "1 for each scenario whose triggers the current phase runs; all 0 until reveal mode",
             ["scenario"],
+            registry=self.registry,
+        )
+        self.live_count = Gauge(
+            "drill_program_live_scenarios",
+            "How many scenarios' triggers the current phase runs (names wait for reveal mode)",
             registry=self.registry,
         )
         self.traffic = Gauge(
@@ -87,8 +96,10 @@ class ProgramMetrics:
         self.paused.set(1.0 if snapshot.get("paused") else 0.0)
         self.speed.set(float(snapshot.get("speed", 0.0)))
         live, traffic = set(snapshot.get("live", ())), set(snapshot.get("traffic", ()))
+        self.live_count.set(float(len(live)))
+        named = live if revealed(snapshot) else set()  # the dark room stays dark
         for name in self.scenarios:
-            self.live.labels(scenario=name).set(1.0 if name in live else 0.0)
+            self.live.labels(scenario=name).set(1.0 if name in named else 0.0)
             self.traffic.labels(scenario=name).set(1.0 if name in traffic else 0.0)
 
 
@@ -111,8 +122,9 @@ def create_app(board: Board | None = None, scenarios: tuple[str, ...] = ()) -> F
 
     @app.get("/program")
     def program(board: BoardDep) -> dict[str, Any]:
-        """Where the program is: entry, time left, what comes next, live scenarios and flags."""
-        return board.read()
+        """Where the program is: entry, time left, what comes next, hints, traffic; the live
+        scenarios, flags and decoys only once reveal mode is on (drill.program.room)."""
+        return room_view(board.read())
 
     @app.get("/metrics")
     def metrics(request: Request, board: BoardDep) -> Response:

@@ -102,7 +102,10 @@ def wanted(program: Program, elapsed: float, seed: int) -> Wanted:
     if isinstance(entry, Phase):
         live = tuple(name for name in rotation.live if name in entry.scenarios)
         flags, traffic_on = _phase_flags(program, entry, elapsed - entry.start, live)
-        traffic = frozenset(live) if traffic_on else frozenset()
+        # Every scenario of the phase gets its normal day, not only the culprit: a dashboard
+        # with traffic on one service alone would name the culprit, and a decoy on a service
+        # without traffic would show nothing.
+        traffic = frozenset(entry.scenarios) if traffic_on else frozenset()
         questions = (entry.checkpoint,) if entry.checkpoint else ()
     else:
         questions = tuple(entry.questions)

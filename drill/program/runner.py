@@ -391,6 +391,7 @@ def snapshot_of(program: Program, clock: ProgramClock, state: Wanted, seed: int)
         ],
         "wanted_traffic": sorted(state.traffic),
         "hints": [{"scenario": h.scenario, "hint": h.number, "text": h.text} for h in state.hints],
+        "reveal": state.reveal,
         "paused": clock.paused,
         "speed": clock.speed,
         "seed": seed,

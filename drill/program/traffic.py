@@ -1,5 +1,6 @@
-"""Background traffic: headless Locust per live scenario, a steady "normal day" while a phase
-needs it, so every dashboard shows the symptom during the dark room.
+"""Background traffic: headless Locust per scenario of the phase, a steady "normal day" while a
+phase needs it, so every dashboard shows the live scenario's symptom during the dark room, and
+the services that are not the culprit (the decoys' targets among them) show a normal day.
 
 It is not verify's load. Each scenario's locustfile, user class and host are reused, at a
 quarter of verify's users (at least one), spawned at once, with no end time: the runner stops
@@ -87,20 +88,20 @@ def owned(process: TrafficProcess) -> bool:
     return command is not None and "locust" in command and process.locustfile in command
 
 
-def stop_process(process: TrafficProcess, grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM to its group, SIGKILL after `grace` seconds; a process already gone is fine."""
-    if not owned(process):
-        return
-    _signal_group(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not native._alive(process.pid):
-            return
-        time.sleep(0.02)
-    _signal_group(process.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 1.0
-    while native._alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
+def stop_processes(processes: list[TrafficProcess], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM to each one's group at once, SIGKILL to what is left after `grace` seconds; a
+    process already gone is fine. All together: three scenarios stop within one grace."""
+    mine = [process for process in processes if owned(process)]
+    for process in mine:
+        _signal_group(process.pid, signal.SIGTERM)
+    for signum, wait in ((signal.SIGKILL, grace), (None, 1.0)):
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(native._alive(p.pid) for p in mine):
+            time.sleep(0.02)
+        mine = [process for process in mine if native._alive(process.pid)]
+        if signum is not None:
+            for process in mine:
+                _signal_group(process.pid, signum)
 
 
 def _signal_group(pid: int, signum: signal.Signals) -> None:
@@ -140,13 +141,13 @@ class Traffic:
     def reconcile(self, wanted: frozenset[str]) -> list[TrafficEvent]:
         """Start what the phase wants and is not running, stop the rest; returns what happened."""
         events: list[TrafficEvent] = []
+        unwanted = sorted(name for name in self.running if name not in wanted)
+        stop_processes([self.running[name] for name in unwanted])
+        for name in unwanted:
+            self._reap(self.running.pop(name).pid)
+            events.append(TrafficEvent("traffic_stopped", {"scenario": name}))
         for name, process in list(self.running.items()):
-            if name not in wanted:
-                stop_process(process)
-                self._reap(process.pid)
-                del self.running[name]
-                events.append(TrafficEvent("traffic_stopped", {"scenario": name}))
-            elif not self._alive(process):
+            if not self._alive(process):
                 code = self._reap(process.pid)
                 del self.running[name]
                 self._failed_at[name] = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -11,6 +12,7 @@ from rich.text import Text
 
 from drill.agenda import format_clock
 from drill.program.control import Status
+from drill.program.room import HIDDEN, revealed
 
 
 def _left(seconds: float) -> str:
@@ -19,8 +21,12 @@ def _left(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
-def render(status: Status) -> RenderableType:
-    """One panel: the entry, time left, what comes next, triggers, decoys, the break's questions."""
+def render(status: Status, room: bool = False) -> RenderableType:
+    """One panel: the entry, time left, what comes next, triggers, decoys, the break's questions.
+
+    `room`: the panel for the projector; the culprit, triggers and decoys are left out until
+    reveal mode is on (drill.program.room), and so is the program layer of a stopped run.
+    """
     runner = f"runner pid {status.pid}" if status.pid else "[red]no runner is running[/red]"
     snapshot = status.snapshot
     if snapshot is None:
@@ -28,7 +34,7 @@ def render(status: Status) -> RenderableType:
         if status.last_stop:
             lines.append(Text(f"Last run stopped {status.last_stop}."))
         lines.append(Text("Start one with: drill program start [--at H:MM] [--speed N]"))
-        if status.program_flags:
+        if status.program_flags and not room:
             lines.append(Text(f"Program flags still set: {', '.join(status.program_flags)}"))
         return Panel(Group(*lines), title="drill program")
     grid = Table.grid(padding=(0, 2))
@@ -45,6 +51,17 @@ def render(status: Status) -> RenderableType:
         grid.add_row("time left", _left(snapshot["time_left"]))
     if snapshot["next"]:
         grid.add_row("next", f"{snapshot['next_type']}: {snapshot['next']}")
+    if room and not revealed(snapshot):
+        grid.add_row("culprit(s)", Text(HIDDEN, "dim"))
+        grid.add_row("live triggers", Text(HIDDEN, "dim"))
+        grid.add_row("decoys", Text(HIDDEN, "dim"))
+    else:
+        _secrets(grid, status, snapshot)
+    _rest(grid, status, snapshot, runner)
+    return Panel(grid, title=f"drill program (seed {snapshot['seed']})")
+
+
+def _secrets(grid: Table, status: Status, snapshot: dict[str, Any]) -> None:
     grid.add_row("culprit(s)", ", ".join(snapshot["drawn"]) or "-")
     flags = status.program_flags
     triggers = ", ".join(
@@ -58,6 +75,9 @@ def render(status: Status) -> RenderableType:
         f"{d['kind']} on {d['service']} until {d['end']}" for d in snapshot["decoys"]
     )
     grid.add_row("decoys", decoys or "none")
+
+
+def _rest(grid: Table, status: Status, snapshot: dict[str, Any], runner: str) -> None:
     traffic = ", ".join(
         name + ("" if running else " (not running)") for name, running in status.traffic.items()
     )
@@ -73,4 +93,3 @@ def render(status: Status) -> RenderableType:
         where = "this break" if snapshot["type"] == "break" else "the coming break"
         grid.add_row(where, "\n".join(f"- {q}" for q in questions))
     grid.add_row("runner", Text.from_markup(runner))
-    return Panel(grid, title=f"drill program (seed {snapshot['seed']})")
