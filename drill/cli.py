@@ -402,6 +402,13 @@ def program_start(
     annotations: Annotated[
         bool, typer.Option("--annotations/--no-annotations", help="Grafana annotations.")
     ] = True,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve /metrics and /program on this address too; `docker` is the Docker "
+            "bridge, where the compose lab's Prometheus scrapes the runner."
+        ),
+    ] = None,
     root: RootOption = None,
 ) -> None:
     """Start the program's runner (in the background unless --foreground); resumes a crashed run."""
@@ -411,7 +418,7 @@ def program_start(
     try:
         started = control.start(
             config, foreground=foreground, at=at, speed=speed, seed=seed, fresh=fresh,
-            traffic=traffic, annotations=annotations,
+            traffic=traffic, annotations=annotations, listen=listen,
         )  # fmt: skip
     except (runner.ProgramError, ScenarioFileError, ValueError) as exc:
         raise _fail(str(exc)) from None

@@ -26,10 +26,17 @@ from drill import native
 from drill.cli import app
 from drill.program import control
 from drill.program.annotations import Annotator
-from drill.program.api import RUNNER_PORT, Board, create_app
+from drill.program.api import RUNNER_PORT, Board, create_app, interface_address
 from drill.program.journal import Event, Journal
 from drill.program.plan import wanted
-from drill.program.runner import ProgramError, ProgramFiles, Runner, load, snapshot_of
+from drill.program.runner import (
+    ProgramError,
+    ProgramFiles,
+    Runner,
+    listen_hosts,
+    load,
+    snapshot_of,
+)
 from drill.program.traffic import Traffic, background_users
 from faults import (
     INSTRUCTOR,
@@ -579,6 +586,9 @@ def drill_env(config: native.LabConfig, offset: int) -> dict[str, str]:
     return env
 
 
+DRILL_CLI = [sys.executable, "-m", "drill.cli"]
+
+
 def start_runner(
     config: native.LabConfig, env: dict[str, str], *args: str, traffic: bool = False
 ) -> subprocess.Popen[bytes]:
@@ -650,6 +660,34 @@ def test_the_runner_process_rolls_back_within_two_seconds_of_sigterm(
     assert [e.fields["reason"] for e in events(config, "program_stopped")] == ["stopped (SIGTERM)"]
     notes = [e.fields["text"] for e in events(config, "note")]
     assert len([n for n in notes if "Grafana" in n]) == 1, notes
+
+
+def test_listen_serves_the_api_on_a_second_address_too(config: native.LabConfig) -> None:
+    """`--listen ADDRESS` (compose's Prometheus scrapes the Docker bridge) adds an address to
+    loopback; a bad one is refused before anything starts."""
+    offset = free_runner_offset()
+    env = drill_env(config, offset)
+    bad = subprocess.run(
+        [*DRILL_CLI, "program", "start", "--listen", "the-bridge", "--root", str(REPO_ROOT)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "--listen 'the-bridge' is not an IP address (or `docker`)" in bad.stderr
+    assert not ProgramFiles.of(config.state_dir).clock.exists()
+    process = start_runner(config, env, "--speed", "60", "--at", "0:14", "--listen", "127.0.0.2")
+    files = ProgramFiles.of(config.state_dir)
+    port = RUNNER_PORT + offset
+    try:
+        wait_for(lambda: files.read_run().get("ready"), "the runner's first tick")
+        assert files.read_run()["api"] == [f"http://127.0.0.1:{port}", f"http://127.0.0.2:{port}"]
+        for host in ("127.0.0.1", "127.0.0.2"):
+            metrics = httpx.get(f"http://{host}:{port}/metrics", timeout=5)
+            assert "drill_program_phase_info{" in metrics.text, host
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+    assert listen_hosts("0.0.0.0") == ["0.0.0.0"]  # loopback included: one bind, no clash
+    assert interface_address("lo") == "127.0.0.1"
 
 
 def test_a_runner_killed_with_sigkill_and_started_again_converges_without_duplicates(

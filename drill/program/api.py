@@ -3,13 +3,19 @@
 Both show the room's view (drill.program.room): the culprit, triggers and decoys only in
 reveal mode.
 
-A small FastAPI app served by uvicorn on a thread of the runner process, bound to 127.0.0.1.
+A small FastAPI app served by uvicorn on a thread of the runner process, bound to 127.0.0.1,
+and also to the address `drill program start --listen` gives (the compose lab's Prometheus
+scrapes the runner over the Docker bridge: `--listen docker`).
 The runner publishes a snapshot after every tick; the routes only read it. Teams' endpoints
 will join this app later, so it is an app factory with its state on `app.state`.
 """
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
+import socket
+import struct
 import threading
 from typing import Annotated, Any
 
@@ -20,8 +26,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Inf
 from drill.program.room import revealed, room_view
 from drill.prometheus import RUNNER_PORT
 
-__all__ = ["RUNNER_PORT", "ApiServer", "Board", "create_app"]
+__all__ = ["RUNNER_PORT", "ApiServer", "Board", "create_app", "listen_address"]
 HOST = "127.0.0.1"
+DOCKER_BRIDGE = "docker0"
+SIOCGIFADDR = 0x8915  # linux/sockios.h: an interface's address
 
 
 class Board:
@@ -135,19 +143,66 @@ def create_app(board: Board | None = None, scenarios: tuple[str, ...] = ()) -> F
     return app
 
 
-class ApiServer:
-    """uvicorn on a thread of the runner (uvicorn leaves signals to the main thread)."""
+def interface_address(name: str) -> str:
+    """The IPv4 address of a network interface, e.g. docker0 (the Docker bridge's gateway)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        request = struct.pack("256s", name[:15].encode())
+        answer = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, request)
+    return socket.inet_ntoa(answer[20:24])
 
-    def __init__(self, app: FastAPI, port: int) -> None:
-        config = uvicorn.Config(
-            app, host=HOST, port=port, log_level="warning", access_log=False, lifespan="off"
-        )
+
+def listen_address(value: str) -> str:
+    """`--listen`: an IP address, or `docker` for the Docker bridge's gateway (docker0), the
+    address compose's Prometheus reaches as host.docker.internal. ValueError says what is wrong."""
+    if value == "docker":
+        try:
+            return interface_address(DOCKER_BRIDGE)
+        except OSError as exc:
+            raise ValueError(
+                f"--listen docker: no {DOCKER_BRIDGE} interface here ({exc.strerror}); is Docker "
+                "running? Give the bridge's address instead: --listen ADDRESS"
+            ) from None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"--listen {value!r} is not an IP address (or `docker`)") from None
+
+
+class ApiServer:
+    """uvicorn on a thread of the runner (uvicorn leaves signals to the main thread).
+
+    The socket is bound in `start`, so an address that cannot be used is an OSError there,
+    not a thread that dies quietly.
+    """
+
+    def __init__(self, app: FastAPI, port: int, host: str = HOST) -> None:
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
+        self.address = (host, port)
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def start(self) -> None:
+        host, port = self.address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(self.address)
+            sock.listen(64)
+        except OSError:
+            sock.close()
+            raise
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name=f"api {host}", daemon=True
+        )
         self.thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout)
+        if self.thread is not None:
+            self.thread.join(timeout)

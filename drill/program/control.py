@@ -19,6 +19,7 @@ from typing import Any
 
 from drill import native
 from drill.agenda import format_clock, parse_clock
+from drill.program.api import listen_address
 from drill.program.clock import ProgramClock
 from drill.program.journal import Journal
 from drill.program.plan import boundaries, find_entry, wanted
@@ -63,6 +64,7 @@ def prepare(
     fresh: bool = False,
     traffic: bool = True,
     annotations: bool = True,
+    listen: str | None = None,
     now: datetime | None = None,
 ) -> Started:
     """Write the run's clock.json and run.json (or take up a crashed run's) and journal it.
@@ -73,6 +75,11 @@ def prepare(
     files = ProgramFiles.of(config.state_dir)
     program, catalog = load(config)
     journal = Journal(files.journal)
+    if listen is not None:
+        try:
+            listen = listen_address(listen)
+        except ValueError as exc:
+            raise ProgramError(str(exc)) from None
     try:
         clock = files.read_clock()
     except ValueError as exc:
@@ -93,7 +100,7 @@ def prepare(
             files.write_clock(clock)
         run = files.read_run()
         run_seed = int(run.get("seed", 0))
-        files.update_run(pid=None, ready=False)
+        files.update_run(pid=None, ready=False, **({"listen": listen} if listen else {}))
         here = format_clock(clock.elapsed(now))
         journal.append(
             "note", INSTRUCTOR, now,
@@ -116,6 +123,7 @@ def prepare(
             "root": str(config.root),
             "traffic_enabled": traffic,
             "annotations": annotations,
+            "listen": listen,
             "pid": None,
             "traffic": {},
         }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from typing import Any
 from drill import native
 from drill.agenda import REVEAL_FLAG, Phase, format_clock
 from drill.program.annotations import Annotator
-from drill.program.api import RUNNER_PORT, ApiServer, Board, create_app
+from drill.program.api import HOST, RUNNER_PORT, ApiServer, Board, create_app
 from drill.program.clock import ProgramClock
 from drill.program.journal import Event, Journal
 from drill.program.plan import Wanted, pending_events, wanted
@@ -446,18 +447,22 @@ def serve(config: native.LabConfig) -> int:
         board=board,
     )
     port = RUNNER_PORT + config.port_offset
-    server = None
+    app = create_app(board, program.agenda_scenarios())
+    servers: list[ApiServer] = []
+    for host in listen_hosts(run.get("listen")):
+        server = ApiServer(app, port, host)
+        try:
+            server.start()
+        except OSError as exc:
+            _note(journal, f"cannot listen on {server.url} ({exc.strerror}): no API or /metrics")
+        else:
+            servers.append(server)
     files.update_run(
         pid=os.getpid(),
-        api=f"http://127.0.0.1:{port}",
+        api=[server.url for server in servers],
         traffic=traffic.records() if traffic is not None else {},
     )
     try:
-        if native.port_free(port):
-            server = ApiServer(create_app(board, program.agenda_scenarios()), port)
-            server.start()
-        else:
-            _note(journal, f"port {port} is taken: the runner API and /metrics are off")
         failing = ready = False
         while not stop.is_set():
             try:
@@ -490,12 +495,21 @@ def serve(config: native.LabConfig) -> int:
                     files.clock.unlink(missing_ok=True)
                     files.run.unlink(missing_ok=True)
         finally:
-            if server is not None:
+            for server in servers:
                 server.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             log.info("runner stopped: %s", reason[0])
     return 0
+
+
+def listen_hosts(listen: str | None) -> list[str]:
+    """Loopback, and the run's --listen address; an unspecified one (0.0.0.0) covers both."""
+    if not listen:
+        return [HOST]
+    if ipaddress.ip_address(listen).is_unspecified:
+        return [listen]
+    return list(dict.fromkeys([HOST, listen]))
 
 
 def _flag_text(flag: str, variant: str, percent: float | None, where: dict[str, str] | None) -> str:
