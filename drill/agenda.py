@@ -253,6 +253,11 @@ def _hint_problems(program: Program, phase: Phase, at: Location, hint: int) -> I
             yield at, f"{name} has {count} hints, not {hint}"
 
 
+# An error_rate decoy answers its share of requests 503: beyond this it takes a service down,
+# and the room chases an outage instead of a flaky dependency.
+ERROR_RATE_MAX_PERCENT = 50.0
+
+
 def _decoy_problems(program: Program, catalog: Catalog) -> Iterator[Problem]:
     if program.rotation is None:
         return
@@ -268,6 +273,12 @@ def _decoy_problems(program: Program, catalog: Catalog) -> Iterator[Problem]:
         if decoy.service is not None and decoy.service not in services:
             known = ", ".join(sorted(services))
             yield (*here, "service"), f"unknown service {decoy.service!r}; known: {known}"
+        if decoy.kind == "error_rate" and decoy.percent > ERROR_RATE_MAX_PERCENT:
+            yield (*here, "percent"), (
+                f"an error_rate decoy on {decoy.percent:g}% of requests is an outage, not a red "
+                f"herring: give a percent of at most {ERROR_RATE_MAX_PERCENT:g} (5 to 20 looks "
+                "like a flaky dependency)"
+            )
         if decoy.end <= decoy.start:
             yield (*here, "end"), f"ends at {format_clock(decoy.end)}, not after its start"
         elif decoy.end > program.length:

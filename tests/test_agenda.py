@@ -165,6 +165,18 @@ MISTAKES = [
         r"rotation\.decoys\[1\]\.start: overlaps rotation\.decoys\[0\], another latency decoy",
         '"0:30"',
     ),
+    (
+        "    - kind: log_flood\n",
+        "    - kind: error_rate\n",
+        r"rotation\.decoys\[1\]\.percent: an error_rate decoy on 100% of requests is an outage",
+        "kind: error_rate",
+    ),
+    (
+        FIRST_DECOY + "      percent: 20\n",
+        "    - kind: error_rate\n      percent: 80\n",
+        r"rotation\.decoys\[0\]\.percent: an error_rate decoy on 80% of requests is an outage",
+        "percent: 80",
+    ),
 ]
 
 
