@@ -274,12 +274,12 @@ def _decoy_problems(program: Program, catalog: Catalog) -> Iterator[Problem]:
             known = ", ".join(sorted(services))
             yield (*here, "service"), f"unknown service {decoy.service!r}; known: {known}"
         if decoy.kind == "error_rate" and decoy.percent > ERROR_RATE_MAX_PERCENT:
+            share = f"an error_rate decoy on {decoy.percent:g}% of requests"
             yield (
                 (*here, "percent"),
                 (
-                    f"an error_rate decoy on {decoy.percent:g}% of requests is an outage, not a red "
-                    f"herring: give a percent of at most {ERROR_RATE_MAX_PERCENT:g} (5 to 20 looks "
-                    "like a flaky dependency)"
+                    f"{share} is an outage, not a red herring: give a percent of at most "
+                    f"{ERROR_RATE_MAX_PERCENT:g} (5 to 20 looks like a flaky dependency)"
                 ),
             )
         if decoy.end <= decoy.start:
