@@ -53,6 +53,7 @@ SERVICE_FIGURES = frozenset(
         "ledger.retried_payments",
         "chain.orders_after_load",
         "chain.unanswered_orders",
+        "chain.orders_succeeded",
         "chain.total_mismatches",
         "chain.held_orders_confirmed",
         "chain.orders_not_held_once",

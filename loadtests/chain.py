@@ -2,7 +2,8 @@
 
 Every order is ground truth for drill verify: who ordered what, the total the shop's own price
 list and tax rates give, and the answer (status, total, how long it took). A share of the
-customers are on hold; the fraud check must turn them away.
+customers are on hold; the fraud check must turn them away. An order refused with 503 and a
+short Retry-After is placed once more after that wait; each attempt's answer is recorded.
 
 CHAIN_ARRIVALS=bursty makes shoppers arrive together, once a second (the overload check).
 Run alone for debugging: `python loadtests/chain.py` places a few orders at CHAIN_A_URL.
@@ -36,6 +37,10 @@ HOLD_SHARE = 0.1
 # The checkout page gives up after this and shows "try again": the judge's setting.
 ORDER_TIMEOUT_S = CLIENT_TIMEOUT_S or 2.0
 BURST_PERIOD_S = 1.0
+# A shop shedding load answers 503 with Retry-After. The checkout page then waits that long (if
+# it is no longer than this) and places the order once more, as a customer pressing "try again"
+# would; the judge counts the order by its last answer.
+RETRY_LIMIT_S = 2.0
 
 
 def expected_total(lines: list[dict[str, Any]]) -> Decimal:
@@ -85,13 +90,26 @@ class Shopper(HttpUser):
     def place_order(self) -> None:
         order = random_order(self.rng)
         total = expected_total(order["lines"])
-        on_hold = order["customer_id"].startswith("hold-")
         ref = uuid.uuid4().hex
         # Written before the order goes out: an order that never comes back is still known.
         record_truth(
             {"ref": ref, "event": "sent", "at": time.time(), **order, "expected_total": str(total)}
         )
+        for attempt in (1, 2):
+            answer = self._attempt(order, total, ref, attempt)
+            record_truth(answer)
+            wait = retry_wait(answer)
+            if wait is None or attempt == 2:
+                break
+            time.sleep(wait)  # gevent's sleep: the other shoppers go on
+
+    def _attempt(
+        self, order: dict[str, Any], total: Decimal, ref: str, attempt: int
+    ) -> dict[str, Any]:
+        """One POST of the order; what came back, as a truth record."""
+        on_hold = order["customer_id"].startswith("hold-")
         answer: dict[str, Any] = {"ref": ref, "event": "answered", "http_status": 0}
+        answer["attempt"] = attempt
         started = time.perf_counter()
         with self.client.post(
             "/orders",
@@ -120,7 +138,18 @@ class Shopper(HttpUser):
                     response.failure(f"order in unexpected status {body.get('status')!r}")
                 elif body.get("total") is None or Decimal(body["total"]) != total:
                     response.failure(f"total {body.get('total')}, the price list says {total}")
-        record_truth(answer)
+        return answer
+
+
+def retry_wait(answer: dict[str, Any]) -> float | None:
+    """Seconds to wait before trying a refused order again, or None: not a refusal to retry."""
+    if answer["http_status"] != 503:
+        return None
+    try:
+        wait = float(answer.get("retry_after") or "")
+    except ValueError:
+        return None  # an HTTP date or garbage: the checkout shows "try again later"
+    return wait if 0 <= wait <= RETRY_LIMIT_S else None
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def test_shipped_code_with_triggers_deadlocks_and_stays_stuck(lab) -> None:  # t
     assert not any(tail), "orders still succeeded at the end of the load"
     assert figures["max_ms"] >= 2000, "hung orders run into the client's 2 s timeout"
     assert figures["chain.orders_after_load"] == 0, "the chain stays stuck after the load"
-    assert not check_results(result)["success_ratio"]
+    assert not check_results(result)["chain.orders_succeeded"]
     # Stuck, yet the probes and the metrics still answer: every worker of chain-a is taken.
     metrics = httpx.get(url(env) + "/metrics", timeout=3, trust_env=False).text
     assert 'chain_workers_busy{service="chain-a"} 8.0' in metrics
@@ -133,7 +133,8 @@ def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-
     code, result = verify(root, env)
     assert code == 0, explain(result)
     figures = result["figures"]
-    assert figures["success_ratio"] >= 0.9
+    # Per order: a refused order is placed once more after its Retry-After.
+    assert figures["chain.orders_succeeded"] >= 0.99
     assert figures["chain.orders_after_load"] == 1
     # The business rules held on real traffic: customers on hold were among the shoppers, and
     # every confirmed order holds its stock once at the right total.

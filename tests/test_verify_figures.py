@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from drill.collectors.chain import chain_truth
 from drill.scenarios import Load, ScenarioFileError, Trigger, load_program
 from drill.verify import (
     Judged,
@@ -133,3 +137,69 @@ def test_a_latency_bound_without_its_basis_is_refused(tmp_path: Path) -> None:
     path.write_text("".join(lines[:start] + lines[end:]))
     with pytest.raises(ScenarioFileError, match=r"sla\[\d+\]: a latency bound needs its basis"):
         load_program(path)
+
+
+def _truth(tmp_path: Path, records: list[dict[str, object]]) -> Path:
+    path = tmp_path / "truth.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def test_orders_succeed_by_their_last_answer(tmp_path: Path) -> None:
+    """A refusal retried into a success counts once, as a success; a refusal not retried, an
+    answer never given well before the end, and a wrong 409 fail; an order sent in the last
+    seconds without an answer is spared; a 409 for a customer on hold succeeds."""
+
+    def sent(ref: str, at: float, customer: str = "cust-1") -> dict[str, object]:
+        return {"ref": ref, "event": "sent", "at": at, "customer_id": customer}
+
+    def answered(ref: str, status: int, attempt: int = 1) -> dict[str, object]:
+        return {"ref": ref, "event": "answered", "http_status": status, "attempt": attempt}
+
+    truth = chain_truth(
+        _truth(
+            tmp_path,
+            [
+                sent("retried", 10),
+                answered("retried", 503),
+                answered("retried", 201, 2),
+                sent("refused", 11),
+                answered("refused", 503),
+                sent("lost", 12),
+                sent("wrong-409", 13),
+                answered("wrong-409", 409),
+                sent("held", 14, "hold-3"),
+                answered("held", 409),
+                sent("taken", 15),
+                answered("taken", 201),
+                sent("late", 98),
+                {"event": "stopping", "at": 100.0},
+            ],
+        )  # fmt: skip
+    )
+    assert truth.answered["retried"]["http_status"] == 201
+    assert truth.orders_succeeded() == pytest.approx(3 / 6)
+
+
+def test_the_shopper_retries_a_refusal_only_after_a_short_retry_after() -> None:
+    """503 with Retry-After 1: wait 1 s and try again; no header, a date, a long wait or
+    another status: no retry. (In a subprocess: importing a locustfile patches with gevent.)"""
+    cases = [
+        ({"http_status": 503, "retry_after": "1"}, 1.0),
+        ({"http_status": 503, "retry_after": None}, None),
+        ({"http_status": 503, "retry_after": "Wed, 21 Oct 2026 07:28:00 GMT"}, None),
+        ({"http_status": 503, "retry_after": "3"}, None),
+        ({"http_status": 500, "retry_after": "1"}, None),
+    ]
+    script = (
+        "import json, sys; from chain import RETRY_LIMIT_S, retry_wait; "
+        "print(json.dumps([RETRY_LIMIT_S, [retry_wait(a) for a in json.loads(sys.argv[1])]]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps([answer for answer, _ in cases])],
+        cwd=REPO_ROOT / "loadtests", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    limit, waits = json.loads(done.stdout)
+    assert limit == 2.0
+    assert waits == [wait for _, wait in cases]

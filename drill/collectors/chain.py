@@ -51,6 +51,21 @@ class ChainTruth:
             for ref, record in self.sent.items()
         )
 
+    def orders_succeeded(self) -> float:
+        """The share of orders whose last answer is the right one: taken (2xx), or a customer on
+        hold turned away (409). A refusal tried again counts by its retry; an order with no
+        answer fails, unless it was sent too close to the end of the load to have had one."""
+        judged = ok = 0
+        for ref, sent in self.sent.items():
+            answer = self.answered.get(ref)
+            if answer is None and sent["at"] >= self.stopping_at - CUT_OFF_S:
+                continue
+            judged += 1
+            status = answer["http_status"] if answer is not None else None
+            on_hold = sent["customer_id"].startswith("hold-")
+            ok += status in (200, 201, 202) or (on_hold and status == 409)
+        return ok / judged if judged else math.nan
+
 
 def chain_truth(truth_path: Path) -> ChainTruth:
     sent: dict[str, dict[str, Any]] = {}
@@ -60,7 +75,10 @@ def chain_truth(truth_path: Path) -> ChainTruth:
         if record["event"] == "sent":
             sent[record["ref"]] = record
         elif record["event"] == "answered":
-            answered[record["ref"]] = record
+            # A refused order may be tried again: the last attempt's answer is the order's.
+            earlier = answered.get(record["ref"])
+            if earlier is None or record.get("attempt", 1) >= earlier.get("attempt", 1):
+                answered[record["ref"]] = record
         elif record["event"] == "stopping":
             stopping_at = min(stopping_at, record["at"])
     return ChainTruth(sent, answered, stopping_at)
@@ -83,6 +101,7 @@ def collect_chain(base_url: str, truth_path: Path, config: LabConfig) -> dict[st
     return {
         "chain.orders_after_load": 1.0 if order_answered(base_url) else 0.0,
         "chain.unanswered_orders": float(truth.unanswered()),
+        "chain.orders_succeeded": truth.orders_succeeded(),
         "chain.total_mismatches": float(mismatches),
     }
 
