@@ -3,6 +3,7 @@ clock), converges after a restart, and always rolls back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -606,6 +607,15 @@ def start_runner(
     return process
 
 
+def end_runner(config: native.LabConfig, process: subprocess.Popen[bytes]) -> None:
+    """A test's cleanup: a runner still alive is killed, and what it left on (flags, its
+    background Locust) is rolled back, so a failed test leaves no traffic running."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+        control.rollback_without_runner(config, "stopped (test cleanup)")
+
+
 def wait_for(check: Any, what: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -649,9 +659,7 @@ def test_the_runner_process_rolls_back_within_two_seconds_of_sigterm(
         assert time.monotonic() - began < 2.0
         assert process.wait(timeout=5) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        end_runner(config, process)
         target.shutdown()
         target.server_close()
     assert served(config) == {}
@@ -685,7 +693,9 @@ def test_listen_serves_the_api_on_a_second_address_too(config: native.LabConfig)
             assert "drill_program_phase_info{" in metrics.text, host
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        end_runner(config, process)
     assert listen_hosts("0.0.0.0") == ["0.0.0.0"]  # loopback included: one bind, no clash
     assert interface_address("lo") == "127.0.0.1"
 
@@ -723,9 +733,7 @@ def test_a_runner_killed_with_sigkill_and_started_again_converges_without_duplic
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        end_runner(config, process)
     assert program_layer(config) == {}
 
 
@@ -739,9 +747,7 @@ def test_a_runner_at_speed_600_finishes_the_program_and_rolls_back_by_itself(
     try:
         assert process.wait(timeout=30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        end_runner(config, process)
     assert phase_indexes(config) == [6, 7, None]
     assert events(config)[-1].kind == "program_stopped"
     assert events(config)[-1].fields["reason"] == "finished"
