@@ -53,9 +53,12 @@ SPEED = 180  # the agenda's three hours in a minute
 # tick's own work, of which stopping a Locust is the longest (up to STOP_GRACE_S).
 LAG_S = TICK_S + STOP_GRACE_S
 SAMPLE_S = 0.2
-# The shipped seed draws fp-drift: a quarter of its 20 payment clients, one payment every
-# 0.2-0.8 s each, over the dark room's 15 s of wall time: Locust counted 142 in one run.
+# A quarter of each scenario's verify users over the dark room's 15 s of wall time: the culprit
+# the seed draws, fp-drift, has 5 payment clients (one payment every 0.2-0.8 s each): Locust
+# counted 142 in one run. A bystander only has to show that its normal day reached it: the
+# feed's 5 readers wait 5-10 s between timelines (8 in one run).
 MIN_DARK_ROOM_REQUESTS = 20
+MIN_BYSTANDER_REQUESTS = 3
 # services/kit/metrics.py: every service counts what it served (probes and scrapes excluded).
 REQUESTS_METRIC = "http_server_requests"
 # What one tick writes to the journal, all stamped with the tick's own `now`.
@@ -326,7 +329,10 @@ def test_the_seeds_program_runs_end_to_end_on_a_real_lab(lab: Lab) -> None:
     # The dark room: the first entry the plan gives background traffic; a break follows it.
     dark_index = next(state.index for state in plan.states if state.traffic)
     assert dark_index is not None and isinstance(program.agenda[dark_index + 1], Break)
-    hosts = sorted({program.scenario(name).load.host for name in live})
+    # Every scenario of a traffic phase gets its normal day, the culprit's and the bystanders'.
+    busy = sorted({name for state in plan.states for name in state.traffic})
+    assert set(live) <= set(busy)
+    hosts = sorted({program.scenario(name).load.host for name in busy})
 
     command = [*DRILL, "program", "start", "--speed", str(SPEED), "--seed", str(seed),
                "--foreground", "--root", str(lab.root)]  # fmt: skip
@@ -380,18 +386,20 @@ def test_the_seeds_program_runs_end_to_end_on_a_real_lab(lab: Lab) -> None:
             tick = entering[index]
             assert not triggers & tick.flags.keys() and not tick.traffic, entry.name
 
-    # 3. A Locust per stretch of traffic the plan wants, none crashed, and the culprit's own
-    # request counter grew during the dark room.
+    # 3. A Locust per stretch of traffic the plan wants, none crashed, and the request counter
+    # of every service with traffic, the culprit's above all, grew during the dark room.
     traffic_events = [e for e in events if e.kind in ("traffic_started", "traffic_stopped")]
     assert not [e.fields for e in traffic_events if "reason" in e.fields], "a Locust exited"
-    assert {e.fields["scenario"] for e in traffic_events} == set(live)
-    for name in live:
+    assert {e.fields["scenario"] for e in traffic_events} == set(busy)
+    for name in busy:
         kinds = [e.kind for e in traffic_events if e.fields["scenario"] == name]
         assert kinds == ["traffic_started", "traffic_stopped"] * plan.stretches(name), kinds
     assert seen.after, "no reading of the services after the dark room"
+    culprits = {program.scenario(name).load.host for name in live}
     for host in hosts:
         grew = seen.after[host] - seen.before[host]
-        assert grew >= MIN_DARK_ROOM_REQUESTS, f"{host} served {grew:g} requests in the dark room"
+        floor = MIN_DARK_ROOM_REQUESTS if host in culprits else MIN_BYSTANDER_REQUESTS
+        assert grew >= floor, f"{host} served {grew:g} requests in the dark room"
 
     # 4. Everything off, nothing left running.
     assert layer_flags(lab.config.state_dir, catalog, PROGRAM) == {}
