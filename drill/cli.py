@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from drill import compose, native, solutions
@@ -50,7 +51,7 @@ RootOption = Annotated[
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     # One line however narrow the terminal: a file:line or a path stays whole to copy.
-    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -307,6 +308,12 @@ def verify(
     ] = None,
     users: Annotated[int | None, typer.Option(help="Locust users.", min=1)] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+    submit: Annotated[
+        bool,
+        typer.Option(
+            "--submit", help="Send the result to the workshop's scoreboard (DRILL_TEAM_TOKEN)."
+        ),
+    ] = False,
     root: RootOption = None,
 ) -> None:
     """Prove a fix: load with the triggers on, check the SLAs. Exit 0 pass, 1 missed, 2 no run."""
@@ -324,10 +331,26 @@ def verify(
     _print_result(result)
     if json_path is not None:
         json_path.write_text(result.to_json())
+    if submit:
+        _submit(config, result)
     if not result.passed:
         errors.print("[red]SLA missed[/red]")
         raise typer.Exit(1)
     console.print("[green]all SLAs met[/green]")
+
+
+def _submit(config: native.LabConfig, result: VerifyResult) -> None:
+    import json
+
+    from drill.program.team_client import Scoreboard, TeamClientError
+
+    board = Scoreboard.from_env(config.port_offset)
+    try:
+        sent = board.call("POST", "/verify-runs", json.loads(result.to_json()))
+    except TeamClientError as exc:
+        errors.print(f"[red]not submitted:[/red] {escape(str(exc))}", highlight=False)
+        return
+    console.print(f"submitted to {board.url} as run {sent['id']}", highlight=False)
 
 
 @app.command()
@@ -514,6 +537,214 @@ def program_stop(root: RootOption = None) -> None:
     try:
         console.print(control.stop(config))
     except (runner.ProgramError, ScenarioFileError) as exc:
+        raise _fail(str(exc)) from None
+
+
+# -- teams: the instructor's side (on the runner's machine) and each team's ------------------
+
+teams_app = typer.Typer(help="The workshop's teams and their tokens.", no_args_is_help=True)
+program_app.add_typer(teams_app, name="teams")
+
+
+def _workshop(config: native.LabConfig) -> Any:
+    from drill.program.journal import Journal
+    from drill.program.runner import ProgramFiles, load
+    from drill.program.teams import Workshop
+
+    files = ProgramFiles.of(config.state_dir)
+    try:
+        program, _ = load(config)
+    except ScenarioFileError as exc:
+        raise _fail(str(exc)) from None
+    return Workshop(files.directory, program, Journal(files.journal))
+
+
+@teams_app.command("add")
+def teams_add(
+    names: Annotated[list[str], typer.Argument(help="Team names: letters, digits, - and _.")],
+    root: RootOption = None,
+) -> None:
+    """Create teams; prints each team's token (shown this once: hand it to the team)."""
+    from drill.program.teams import Refused
+
+    workshop = _workshop(_config(root))
+    try:
+        tokens = workshop.add_teams(names)
+    except Refused as exc:
+        raise _fail(exc.detail) from None
+    workshop.instructor_token()  # the instructor's exists from the first team on
+    table = Table("team", "token (DRILL_TEAM_TOKEN)")
+    for name, token in tokens.items():
+        table.add_row(name, token)
+    console.print(table)
+    console.print("Each team sets DRILL_TEAM_TOKEN, and DRILL_SCOREBOARD_URL to this runner.")
+
+
+@teams_app.command("list")
+def teams_list(root: RootOption = None) -> None:
+    """The teams (tokens are not kept in the clear: `rotate` gives a team a new one)."""
+    for name in _workshop(_config(root)).teams():
+        console.print(name, highlight=False)
+
+
+@teams_app.command("rotate")
+def teams_rotate(team: str, root: RootOption = None) -> None:
+    """A new token for a team that lost theirs; the old one stops working."""
+    from drill.program.teams import Refused
+
+    try:
+        token = _workshop(_config(root)).rotate(team)
+    except Refused as exc:
+        raise _fail(exc.detail) from None
+    console.print(f"{team}: {token}", highlight=False)
+
+
+@program_app.command("token")
+def program_token(root: RootOption = None) -> None:
+    """The instructor's token (made on first use), for judging from another machine."""
+    console.print(_workshop(_config(root)).instructor_token(), highlight=False)
+
+
+@program_app.command("claims")
+def program_claims(root: RootOption = None) -> None:
+    """Every root-cause claim, with its evidence: which trace ids the logs know."""
+    table = Table("id", "team", "scenario", "status", "filed (UTC)", "claim", "trace ids")
+    for claim in _workshop(_config(root)).claims():
+        evidence = ", ".join(
+            f"{trace_id[:8]}… {'found' if found.get('found') else 'NOT found'}"
+            for trace_id, found in claim.evidence.items()
+        )
+        table.add_row(
+            str(claim.id), claim.team, claim.scenario, claim.status, claim.filed_at[11:19],
+            claim.text, evidence or "-",
+        )  # fmt: skip
+    console.print(table)
+
+
+@program_app.command("judge")
+def program_judge(
+    claim: Annotated[int, typer.Argument(help="The claim's id (drill program claims).")],
+    verdict: Annotated[str, typer.Argument(help="accept or reject")],
+    note: Annotated[str, typer.Argument(help="A word for the team.")] = "",
+    root: RootOption = None,
+) -> None:
+    """Accept or reject a team's root-cause claim (journaled; the scoreboard follows)."""
+    from drill.program.teams import Refused
+
+    try:
+        judged = _workshop(_config(root)).judge(claim, verdict, note)
+    except Refused as exc:
+        raise _fail(exc.detail) from None
+    console.print(f"claim {judged.id} of {judged.team} on {judged.scenario}: {judged.status}")
+
+
+@program_app.command("scoreboard")
+def program_scoreboard(root: RootOption = None) -> None:
+    """The scoreboard, every scenario named (the room's page is /scoreboard.html)."""
+    from drill.program.scoreboard import board
+
+    shown = board(_workshop(_config(root)))
+    table = Table("team", "points", "scenario", "root cause (min)", "hints", "fix verified")
+    for team in shown["teams"]:
+        table.add_row(team["team"], str(team["points"]), "", "", "", "")
+        for name, result in team["scenarios"].items():
+            minutes = result["minutes_to_root_cause"]
+            mark = " *" if result["in_dark_room"] else ""
+            table.add_row(
+                "", "", name, "-" if minutes is None else f"{minutes:g}{mark}",
+                str(result["hints_used"]), result["fix_verified_at"] or "-",
+            )  # fmt: skip
+    console.print(table)
+    console.print("* within the dark room's minutes", highlight=False)
+
+
+def _scoreboard(config: native.LabConfig) -> Any:
+    from drill.program.team_client import Scoreboard
+
+    return Scoreboard.from_env(config.port_offset)
+
+
+@app.command()
+def claim(
+    scenario: str,
+    text: Annotated[str, typer.Argument(help="The root cause, in a sentence or two.")],
+    trace_id: Annotated[
+        list[str] | None, typer.Option("--trace-id", help="A trace that shows it (repeatable).")
+    ] = None,
+    promql: Annotated[str | None, typer.Option(help="A PromQL query that shows it.")] = None,
+    root: RootOption = None,
+) -> None:
+    """File your team's root-cause claim with the instructor's runner (DRILL_TEAM_TOKEN)."""
+    from drill.program.team_client import TeamClientError
+    from drill.program.teams import TRACE_ID, trace_ids_in_logs
+
+    config = _config(root)
+    ids = [t.strip().lower() for t in trace_id or []]
+    bad = [t for t in ids if not TRACE_ID.match(t)]
+    if bad:
+        raise _fail(f"a trace id is 32 hex digits: {', '.join(bad)}")
+    found = trace_ids_in_logs(config.log_dir, ids)
+    for trace, services in found.items():
+        where = ", ".join(services) if services else "NOT found in this lab's logs"
+        console.print(f"trace {trace}: {where}", highlight=False)
+    body = {"scenario": scenario, "text": text, "trace_ids": ids, "promql": promql,
+            "found_locally": {t: s for t, s in found.items() if s}}  # fmt: skip
+    try:
+        filed = _scoreboard(config).call("POST", "/claims", body)
+    except TeamClientError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"claim {filed['id']} filed on {scenario}: the instructor will judge it")
+
+
+@app.command()
+def hint(
+    scenario: str,
+    show: Annotated[
+        bool, typer.Option("--show", help="List the hints you have; buy none.")
+    ] = False,
+    root: RootOption = None,
+) -> None:
+    """Take your team's next hint on a scenario (it costs points), through the runner."""
+    from drill.program.team_client import TeamClientError, local_hints
+
+    config = _config(root)
+    board = _scoreboard(config)
+    try:
+        if show:
+            opened = board.call("GET", f"/hints/{scenario}")
+            for item in opened["hints"]:
+                console.print(f"hint {item['hint']}: {item['text']}", highlight=False)
+            following = opened["next"]
+            if following:
+                console.print(f"next: hint {following['hint']} for {following['cost']} points")
+            return
+        taken = board.call("POST", f"/hints/{scenario}")
+    except TeamClientError as exc:
+        if exc.reachable:
+            raise _fail(str(exc)) from None
+        try:
+            program = load_program(config.root / "scenarios.yaml").scenario(scenario)
+        except ScenarioFileError as error:
+            raise _fail(str(error)) from None
+        local = None if show else local_hints(config.state_dir, scenario, program.hints)
+        errors.print(f"{exc}; this lab's own hints, not scored:", highlight=False)
+        if local is None:
+            raise _fail(f"no more hints on {scenario}") from None
+        console.print(f"hint {local[0]}: {local[1]}", highlight=False)
+        return
+    console.print(
+        f"hint {taken['hint']} ({taken['cost']} points): {taken['text']}", highlight=False
+    )
+
+
+@app.command()
+def notes(scenario: str, root: RootOption = None) -> None:
+    """The scenario's solution notes, once your team's root-cause claim is accepted."""
+    from drill.program.team_client import TeamClientError
+
+    try:
+        console.print(_scoreboard(_config(root)).call("GET", f"/notes/{scenario}"), markup=False)
+    except TeamClientError as exc:
         raise _fail(str(exc)) from None
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drill.agenda import (
     ENTRY_TAG_POSITION,
@@ -196,12 +204,37 @@ def _retired_version(value: Any) -> Any:
     return value
 
 
+class Scoring(Strict):
+    """The teams' points (drill.program.teams): what a root cause, a fix and a hint are worth."""
+
+    root_cause: int = Field(100, ge=0, description="An accepted root-cause claim")
+    dark_room_bonus: int = Field(
+        50, ge=0, description="On top, when the claim came within dark_room_minutes of going live"
+    )
+    dark_room_minutes: int = Field(40, ge=1, description="The seed's human-only investigation")
+    fix_verified: int = Field(100, ge=0, description="A passing `drill verify --submit`")
+    hint_costs: list[int] = Field(
+        [10, 20, 40], min_length=1, description="Hint N costs hint_costs[N-1] (the last repeats)"
+    )
+
+    @field_validator("hint_costs")
+    @classmethod
+    def _costs_not_negative(cls, costs: list[int]) -> list[int]:
+        if any(cost < 0 for cost in costs):
+            raise ValueError("a hint's cost is 0 or more points")
+        return costs
+
+    def hint_cost(self, number: int) -> int:
+        return self.hint_costs[min(number, len(self.hint_costs)) - 1]
+
+
 class Program(Strict):
     version: Annotated[Literal[2], BeforeValidator(_retired_version)]
     scenarios: dict[str, Scenario] = Field(min_length=1)
     length: ClockTime = Field(description="The workshop's length, H:MM; the agenda fills it")
     agenda: list[Entry] = Field(min_length=1)
     rotation: Rotation | None = Field(None, description="Default: every scenario live, no decoys")
+    scoring: Scoring = Field(default_factory=Scoring)
 
     def scenario(self, name: str) -> Scenario:
         try:

@@ -115,6 +115,11 @@ def test_the_event_kinds_are_the_documented_set() -> None:
         "reveal_changed",
         "message_shown",
         "verify_run",
+        "team_added",
+        "claim_filed",
+        "claim_judged",
+        "hint_unlocked",
+        "verify_submitted",
         "note",
     }
     assert all(description.strip() for description in EVENT_KINDS.values())

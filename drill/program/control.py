@@ -8,6 +8,7 @@ journaled twice), and `stop` performs the rollback itself.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from drill.program.runner import (
     runner_alive,
     snapshot_of,
 )
+from drill.program.teams import Workshop
 from drill.program.traffic import Traffic, owned
 from faults import PROGRAM, layer_flags
 
@@ -80,6 +82,13 @@ def prepare(
             listen = listen_address(listen)
         except ValueError as exc:
             raise ProgramError(str(exc)) from None
+        beyond = not ipaddress.ip_address(listen).is_loopback
+        if beyond and not Workshop(files.directory, program, journal).has_tokens():
+            raise ProgramError(
+                f"--listen {listen} serves the API beyond this machine, and its writes need "
+                "tokens: make them first with `drill program teams add NAME...` (or `drill "
+                "program token` for the instructor's alone)"
+            )
     try:
         clock = files.read_clock()
     except ValueError as exc:

@@ -29,6 +29,11 @@ EVENT_KINDS = {
     "reveal_changed": "reveal: on or off",
     "message_shown": "key (its place in scenarios.yaml), text, at",
     "verify_run": "scenario, verdict (pass, fail or error) and the result file",
+    "team_added": "team: a new team (its token is not journaled)",
+    "claim_filed": "claim (its id), team, scenario, text, trace_ids, promql",
+    "claim_judged": "claim, team, scenario, verdict (accepted or rejected), note",
+    "hint_unlocked": "team, scenario, hint (its number from 1), cost in points",
+    "verify_submitted": "team, scenario, run (its id on the scoreboard), verdict, baseline",
     "note": "text: anything else worth a line, such as a runner resuming after a crash",
 }
 _RESERVED = frozenset({"ts", "kind", "by"})

@@ -37,6 +37,8 @@ from drill.program.api import HOST, RUNNER_PORT, ApiServer, Board, create_app
 from drill.program.clock import ProgramClock
 from drill.program.journal import Event, Journal
 from drill.program.plan import Wanted, pending_events, wanted
+from drill.program.team_api import install
+from drill.program.teams import Workshop
 from drill.program.traffic import Traffic, TrafficEvent, TrafficProcess
 from drill.scenarios import Program, load_program
 from faults import (
@@ -175,6 +177,7 @@ class Runner:
         traffic: Traffic | None = None,
         annotator: Annotator | None = None,
         board: Board | None = None,
+        workshop: Workshop | None = None,
     ) -> None:
         self.config = config
         self.program = program
@@ -185,6 +188,8 @@ class Runner:
         self.traffic = traffic
         self.annotator = annotator
         self.board = board
+        self.workshop = workshop
+        self._noted_live: set[str] = set()
         self.clock: ProgramClock | None = None
         self.state: Wanted | None = None
 
@@ -324,6 +329,11 @@ class Runner:
             self.files.update_run(traffic=self.traffic.records())
 
     def _publish(self, clock: ProgramClock, state: Wanted) -> None:
+        newly_live = [name for name in state.live if name not in self._noted_live]
+        if self.workshop is not None and newly_live:
+            # Before the board shows it live: a claim on it then has a start to count from.
+            self.workshop.note_live(newly_live, state.elapsed, datetime.now(UTC))
+            self._noted_live.update(newly_live)
         if self.board is None:
             return
         snapshot = snapshot_of(self.program, clock, state, self.seed)
@@ -429,6 +439,7 @@ def serve(config: native.LabConfig) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     journal = Journal(files.journal)
     board = Board()
+    workshop = Workshop(files.directory, program, journal)
     traffic = None
     if run.get("traffic_enabled", True):
         traffic = Traffic(config, program, files.directory, files.traffic_records())
@@ -445,9 +456,11 @@ def serve(config: native.LabConfig) -> int:
         traffic=traffic,
         annotator=annotator,
         board=board,
+        workshop=workshop,
     )
     port = RUNNER_PORT + config.port_offset
     app = create_app(board, program.agenda_scenarios())
+    install(app, workshop, notes_dir=config.root / "solutions", log_dir=config.log_dir)
     servers: list[ApiServer] = []
     for host in listen_hosts(run.get("listen")):
         server = ApiServer(app, port, host)
