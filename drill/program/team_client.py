@@ -48,7 +48,10 @@ class Scoreboard:
             response = httpx.request(
                 method,
                 self.url + path,
-                headers={"Authorization": f"Bearer {self.token}"},
+                headers={
+                    "Authorization": f"Bearer {self.token}",
+                    "Content-Type": "application/json",
+                },
                 content=None if body is None else json.dumps(body, allow_nan=True),
                 timeout=TIMEOUT_S,
             )

@@ -339,7 +339,7 @@ class Workshop:
 
     def teams(self) -> list[str]:
         with self._connect() as db:
-            rows = db.execute("SELECT name FROM teams ORDER BY created, name").fetchall()
+            rows = db.execute("SELECT name FROM teams ORDER BY rowid").fetchall()
         return [row["name"] for row in rows]
 
     @staticmethod
