@@ -35,7 +35,7 @@ PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
 INSTALL = "apt-get install prometheus (Debian's package ships prometheus and promtool)"
 
 # Other dashboards, the runner and the docs link to these: renaming one breaks a link.
-UIDS = {"lab-overview", "ledger", "chain", "feed", "drill-kpis"}
+UIDS = {"lab-overview", "ledger", "chain", "feed", "drill-kpis", "workshop"}
 SCHEMA_VERSION = 41  # Grafana 11.6 (the compose image) and 12.0; later versions migrate it.
 TAG = "drill-lab"
 
@@ -76,7 +76,7 @@ FIX_ONLY_METRICS = {
 # The workshop runner's metrics (drill/program/api.py). The native labs here run no runner, so
 # these panels show "no program running"; tests/test_prometheus.py checks every query on them
 # against a Prometheus scraping a real runner's /metrics.
-RUNNER_METRICS = re.compile(r"\bdrill_program_\w+")
+RUNNER_METRICS = re.compile(r"\bdrill_(program|team)_\w+")
 
 # Grafana's built-in annotations datasource, and the tags the runner puts on its annotations
 # (drill/program/annotations.py: TAGS, plus "phase" on regions and "flag" on flag changes).
@@ -191,7 +191,7 @@ def metrics_in(expr: str) -> set[str]:
 
 
 def test_dashboards_parse_with_their_stable_unique_uids() -> None:
-    """Every dashboard file is JSON, and the uids are exactly the five the lab links to."""
+    """Every dashboard file is JSON, and the uids are exactly the six the lab links to."""
     uids = [dashboard["uid"] for _, dashboard in load_dashboards()]
     assert len(uids) == len(set(uids)), uids
     assert set(uids) == UIDS

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ import yaml
 from drill import native, prometheus
 from drill.native import SERVICES
 from drill.program import api
+from drill.program.journal import Journal
+from drill.program.team_api import install
+from drill.program.teams import Workshop
+from drill.scenarios import load_program
 from drill.solutions import copy_lab
 from tests.conftest import REPO_ROOT, need_server
 from tests.labs import lab_env, run_drill
@@ -191,6 +196,24 @@ def test_a_runner_that_is_not_running_pages_nobody() -> None:
     assert rule["expr"].startswith('up{job!~"prometheus|runner"}'), rule["expr"]
 
 
+def workshop_with_a_day(directory: Path) -> Workshop:
+    """Two teams: red found the root cause and verified a fix, blue took a hint."""
+    program = load_program(REPO_ROOT / "scenarios.yaml")
+    workshop = Workshop(directory, program, Journal(directory / "journal.jsonl"))
+    workshop.add_teams(["red", "blue"])
+    workshop.note_live(["fp-drift"], 900.0, datetime.now(UTC))
+    claim = workshop.file_claim("red", "fp-drift", "floats", [], None, ["fp-drift"], {}, 1500.0)
+    workshop.judge(claim.id, "accept", "")
+    workshop.unlock_hint("blue", "fp-drift", [])
+    checks = [
+        {"name": "drift", "figure": "ledger.balance_drift", "kind": "invariant", "value": 0.0,
+         "passed": True},
+        {"name": "fast", "figure": "p95_ms", "kind": "latency", "value": 140.0, "passed": True},
+    ]  # fmt: skip
+    workshop.submit_verify("red", {"scenario": "fp-drift", "passed": True, "checks": checks})
+    return workshop
+
+
 # What the runner publishes in the dark room's first phase (drill/program/runner.py snapshot_of).
 PHASE_ONE = {
     "running": True,
@@ -206,7 +229,7 @@ PHASE_ONE = {
 }
 
 
-def runner_queries() -> list[tuple[str, str, dict[str, object]]]:
+def runner_queries(prefix: str = "drill_program_") -> list[tuple[str, str, dict[str, object]]]:
     """(dashboard file, panel title, target) for every panel query on the runner's metrics."""
     found = []
     for path in sorted((REPO_ROOT / "grafana" / "dashboards").glob("*.json")):
@@ -214,7 +237,7 @@ def runner_queries() -> list[tuple[str, str, dict[str, object]]]:
         panels = [p for top in dashboard["panels"] for p in (top, *top.get("panels", []))]
         for panel in panels:
             for target in panel.get("targets", []):
-                if "drill_program_" in target.get("expr", ""):
+                if prefix in target.get("expr", ""):
                     found.append((path.name, panel["title"], target))
     return found
 
@@ -234,9 +257,9 @@ def test_native_prometheus_scrapes_a_running_runner(tmp_path: Path) -> None:
         pytest.skip(f"port {runner_port} is taken")
     board = api.Board()
     board.publish(PHASE_ONE)
-    server = api.ApiServer(
-        api.create_app(board, ("fp-drift", "circular-deadlock", "n-plus-one")), runner_port
-    )
+    app = api.create_app(board, ("fp-drift", "circular-deadlock", "n-plus-one"))
+    install(app, workshop_with_a_day(tmp_path / "workshop"), tmp_path, tmp_path)
+    server = api.ApiServer(app, runner_port)
     server.start()
     command = native._prometheus_command(config)
     log = (tmp_path / "prometheus.log").open("w")
@@ -296,7 +319,24 @@ def test_native_prometheus_scrapes_a_running_runner(tmp_path: Path) -> None:
                 "type",
                 "index",
                 "scenario",
+                "team",
             }
+            # Nor do the teams' figures before reveal mode; the Workshop dashboard's per-scenario
+            # panels fill once it is on.
+            assert query("drill_team_fix_verified") == []
+            board.publish({**PHASE_ONE, "reveal": True})
+
+            def revealed() -> None:
+                assert query("drill_team_fix_verified"), "no per-scenario team figures yet"
+
+            poll_until(revealed, "the teams' figures after reveal", 30)
+            team_queries = runner_queries("drill_team_")
+            assert len(team_queries) >= 6
+            empty = []
+            for name, title, target in team_queries:
+                if not query(str(target["expr"])):
+                    empty.append(f"{name} › {title}: {target['expr']}")
+            assert not empty, "\n".join(empty)
     finally:
         process.terminate()
         process.wait(10)
