@@ -748,6 +748,28 @@ def notes(scenario: str, root: RootOption = None) -> None:
         raise _fail(str(exc)) from None
 
 
+@app.command()
+def postmortem(
+    scenario: str,
+    team: Annotated[str, typer.Option(help="The team whose post-mortem this is.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write here (default: postmortem-TEAM-SCENARIO.md).")
+    ] = None,
+    root: RootOption = None,
+) -> None:
+    """Draft a blameless post-mortem: timeline and figures from the journal and verify runs."""
+    from drill.postmortem import PostmortemError, draft
+
+    config = _config(root)
+    try:
+        text = draft(config, team, scenario)
+    except (PostmortemError, ScenarioFileError) as exc:
+        raise _fail(str(exc)) from None
+    path = out or Path(f"postmortem-{team}-{scenario}.md")
+    path.write_text(text)
+    console.print(f"wrote {path}: fill in the prompts (> ...) with your team", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -420,7 +420,7 @@ class Workshop:
             row = db.execute("SELECT * FROM claims WHERE id = ?", (cursor.lastrowid,)).fetchone()
         claim = _claim(row)
         self.journal.append(
-            "claim_filed", team, claim=claim.id, team=team, scenario=scenario, text=text,
+            "claim_filed", team, now, claim=claim.id, team=team, scenario=scenario, text=text,
             trace_ids=list(trace_ids), promql=promql,
         )  # fmt: skip
         return claim
@@ -435,7 +435,14 @@ class Workshop:
                 ).fetchall()
         return [_claim(row) for row in rows]
 
-    def judge(self, claim_id: int, verdict: str, note: str, by: str = INSTRUCTOR) -> Claim:
+    def judge(
+        self,
+        claim_id: int,
+        verdict: str,
+        note: str,
+        by: str = INSTRUCTOR,
+        now: datetime | None = None,
+    ) -> Claim:
         """Accept or reject a pending claim (a judged one stays as judged)."""
         if verdict not in ("accept", "reject"):
             raise Refused(422, "Bad verdict", f"a verdict is accept or reject, not {verdict!r}")
@@ -463,12 +470,12 @@ class Workshop:
                     )
             db.execute(
                 "UPDATE claims SET status = ?, note = ?, judged_at = ?, judged_by = ? WHERE id = ?",
-                (status, note, _now(None), by, claim_id),
+                (status, note, _now(now), by, claim_id),
             )
             row = db.execute("SELECT * FROM claims WHERE id = ?", (claim_id,)).fetchone()
         claim = _claim(row)
         self.journal.append(
-            "claim_judged", by, claim=claim.id, team=claim.team, scenario=claim.scenario,
+            "claim_judged", by, now, claim=claim.id, team=claim.team, scenario=claim.scenario,
             verdict=status, note=note,
         )  # fmt: skip
         return claim
@@ -504,7 +511,7 @@ class Workshop:
                 (team, scenario, number, cost, _now(now)),
             )
         self.journal.append(
-            "hint_unlocked", team, team=team, scenario=scenario, hint=number, cost=cost
+            "hint_unlocked", team, now, team=team, scenario=scenario, hint=number, cost=cost
         )
         return {"scenario": scenario, "hint": number, "text": hints[number - 1], "cost": cost}
 
@@ -579,7 +586,7 @@ class Workshop:
             )
             run_id = int(cursor.lastrowid or 0)
         self.journal.append(
-            "verify_submitted", team, team=team, scenario=scenario, run=run_id,
+            "verify_submitted", team, now, team=team, scenario=scenario, run=run_id,
             verdict="pass" if passed else "fail", baseline=bool(result.get("baseline")),
         )  # fmt: skip
         return run_id
