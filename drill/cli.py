@@ -314,6 +314,10 @@ def verify(
             "--submit", help="Send the result to the workshop's scoreboard (DRILL_TEAM_TOKEN)."
         ),
     ] = False,
+    markdown: Annotated[
+        Path | None,
+        typer.Option(help="Append a Markdown verdict table here (a CI job's summary)."),
+    ] = None,
     root: RootOption = None,
 ) -> None:
     """Prove a fix: load with the triggers on, check the SLAs. Exit 0 pass, 1 missed, 2 no run."""
@@ -331,6 +335,11 @@ def verify(
     _print_result(result)
     if json_path is not None:
         json_path.write_text(result.to_json())
+    if markdown is not None:
+        from drill.summary import markdown as verdict_table
+
+        with open(markdown, "a") as summary:
+            summary.write(verdict_table(result))
     if submit:
         _submit(config, result)
     if not result.passed:
