@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -415,9 +416,40 @@ def solution_revert(name: str, root: RootOption = None) -> None:
     console.print(f"reverted {name}; restart the services: drill restart")
 
 
+def _wall_clock(value: str) -> datetime:
+    """`--started-at`: HH:MM[:SS] today in local time, or an ISO date-time (with its offset)."""
+    try:
+        if "T" in value or "-" in value:
+            when = datetime.fromisoformat(value)
+            return when if when.tzinfo else when.astimezone()
+        parts = [int(part) for part in value.split(":")]
+        if len(parts) not in (2, 3) or not (0 <= parts[0] < 24 and 0 <= parts[1] < 60):
+            raise ValueError
+        second = parts[2] if len(parts) == 3 else 0
+        if not 0 <= second < 60:
+            raise ValueError
+        return (
+            datetime.now()
+            .astimezone()
+            .replace(hour=parts[0], minute=parts[1], second=second, microsecond=0)
+        )
+    except ValueError:
+        raise _fail(
+            f"--started-at {value!r}: give a wall-clock time today, HH:MM or HH:MM:SS (local "
+            "time), or an ISO date-time such as 2026-12-01T09:15:00+01:00"
+        ) from None
+
+
 @program_app.command("start")
 def program_start(
     at: Annotated[str | None, typer.Option(help="Start at this program time, H:MM.")] = None,
+    started_at: Annotated[
+        str | None,
+        typer.Option(
+            help="The program began at this wall-clock time (HH:MM today): a team's runner "
+            "joins the instructor's, e.g. --started-at 09:15."
+        ),
+    ] = None,
     speed: Annotated[
         float | None, typer.Option(help="Run N times faster (180: the agenda in a minute).")
     ] = None,
@@ -451,6 +483,7 @@ def program_start(
         started = control.start(
             config, foreground=foreground, at=at, speed=speed, seed=seed, fresh=fresh,
             traffic=traffic, annotations=annotations, listen=listen,
+            started_at=None if started_at is None else _wall_clock(started_at),
         )  # fmt: skip
     except (runner.ProgramError, ScenarioFileError, ValueError) as exc:
         raise _fail(str(exc)) from None

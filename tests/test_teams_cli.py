@@ -126,3 +126,31 @@ def test_a_team_claims_takes_a_hint_and_reads_the_notes(config: native.LabConfig
     lines = ProgramFiles.of(config.state_dir).journal.read_text().splitlines()
     for kind in ("team_added", "claim_filed", "claim_judged", "hint_unlocked"):
         assert sum(f'"kind": "{kind}"' in line for line in lines) == 1, kind
+
+
+def test_a_teams_runner_joins_the_instructors_program_by_wall_clock(
+    config: native.LabConfig,
+) -> None:
+    """`--started-at 09:15`: a runner started later lands where the instructor's program is."""
+    from datetime import UTC, datetime, timedelta
+
+    from drill.program import control
+    from drill.program.runner import ProgramError
+
+    now = datetime(2026, 12, 1, 10, 5, tzinfo=UTC)
+    started = control.prepare(config, started_at=now - timedelta(minutes=50), now=now)
+    assert started.at == 50 * 60
+    clock = ProgramFiles.of(config.state_dir).read_clock()
+    assert clock is not None and clock.elapsed(now + timedelta(minutes=1)) == 51 * 60
+    control.rollback_without_runner(config, "stopped (test)")
+    for options, says in (
+        ({"started_at": now + timedelta(minutes=1)}, "is in the future"),
+        ({"started_at": now - timedelta(hours=4)}, "past the program's end"),
+        ({"started_at": now, "at": "0:10"}, "not both"),
+    ):
+        with pytest.raises(ProgramError, match=says):
+            control.prepare(config, now=now, **options)  # type: ignore[arg-type]
+        assert not ProgramFiles.of(config.state_dir).clock.exists()
+    env = drill_env(config, free_runner_offset())
+    bad = drill(env, "program", "start", "--started-at", "25:99")
+    assert bad.returncode == 2 and "--started-at '25:99'" in bad.stderr

@@ -67,6 +67,7 @@ def prepare(
     traffic: bool = True,
     annotations: bool = True,
     listen: str | None = None,
+    started_at: datetime | None = None,
     now: datetime | None = None,
 ) -> Started:
     """Write the run's clock.json and run.json (or take up a crashed run's) and journal it.
@@ -97,7 +98,7 @@ def prepare(
             raise ProgramError(message) from None
         clock = None
     if clock is not None and not fresh:
-        if at is not None:
+        if at is not None or started_at is not None:
             here = format_clock(clock.elapsed(now))
             raise ProgramError(
                 f"a program stopped without its rollback is waiting at {here}: plain `drill "
@@ -119,9 +120,21 @@ def prepare(
         return Started(True, clock.elapsed(now), run_seed, None)
     if fresh:
         rollback_without_runner(config, "stopped (replaced by start --fresh)")
-    start_at = 0 if at is None else parse_clock(at)
+    if at is not None and started_at is not None:
+        raise ProgramError(
+            "give --at (a program time) or --started-at (a wall-clock time), not both"
+        )
+    if started_at is not None:
+        ran = (now - started_at).total_seconds()
+        if ran < 0:
+            raise ProgramError(f"--started-at {started_at:%H:%M:%S} is in the future")
+        start_at: float = ran * (speed or 1.0)
+        shown = f"--started-at {started_at:%H:%M:%S}"
+    else:
+        start_at = 0 if at is None else parse_clock(at)
+        shown = f"--at {at}"
     if start_at >= program.length:
-        raise ProgramError(f"--at {at} is past the program's end ({format_clock(program.length)})")
+        raise ProgramError(f"{shown} is past the program's end ({format_clock(program.length)})")
     run_seed = seed if seed is not None else program.rotation.seed if program.rotation else 0
     clock = ProgramClock.start(now, start_at, speed or 1.0)
     files.write_clock(clock)
