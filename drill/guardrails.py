@@ -106,12 +106,30 @@ class Report:
 
 
 def run(root: Path, paths: Sequence[Path] = ()) -> Report:
-    """Every check on the tree at root; semgrep and ruff look at paths (default: the lab code)."""
+    """Every check on the tree at root, reported for the paths given (default: the whole lab).
+
+    The call graph is always built from the whole tree; with paths, only its findings in those
+    paths are shown, so a commit that fixes one drill is not held up by another's defects.
+    Paths under guardrails/ (a rule or the manifest changed) mean the whole lab.
+    """
     root = root.resolve()
-    targets = _targets(root, paths)
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise GuardrailsError(f"no such file or directory: {', '.join(missing)}")
+    given = [path.resolve() for path in paths]
+    if any(_within(path, root / "guardrails") for path in given):
+        given = []
+    targets = _targets(root, given)
     report = Report()
     # The call graph first: a broken manifest stops the run before semgrep's seconds.
-    report.findings.extend(_timed(report, "call graph", call_graph, root, report.notes))
+    graph = _timed(report, "call graph", call_graph, root, report.notes)
+    shown = [f for f in graph if not given or any(_within(root / f.path, p) for p in given)]
+    if len(shown) < len(graph):
+        report.notes.append(
+            f"call graph: {len(graph) - len(shown)} finding(s) outside the paths given "
+            "(run without paths to see them)"
+        )
+    report.findings.extend(shown)
     if targets:
         report.findings.extend(_timed(report, "semgrep", semgrep, root, targets))
         report.findings.extend(_timed(report, "ruff", ruff, root, targets))
@@ -119,6 +137,10 @@ def run(root: Path, paths: Sequence[Path] = ()) -> Report:
         report.notes.append("semgrep and ruff: no Python files among the paths given")
     report.findings = sorted(set(report.findings))
     return report
+
+
+def _within(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
 
 
 def _timed(
@@ -137,12 +159,7 @@ def _targets(root: Path, paths: Sequence[Path]) -> list[str]:
     semgrep skips `tests/` and the like inside a directory it is given (its default ignore
     list), so it gets files: a directory named on the command line is scanned whole.
     """
-    missing = [str(path) for path in paths if not path.exists()]
-    if missing:
-        raise GuardrailsError(f"no such file or directory: {', '.join(missing)}")
-    given = [path.resolve() for path in paths] or [
-        root / name for name in DEFAULT_PATHS if (root / name).exists()
-    ]
+    given = list(paths) or [root / name for name in DEFAULT_PATHS if (root / name).exists()]
     files: list[Path] = []
     for path in given:
         if path.is_dir():

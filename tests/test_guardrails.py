@@ -170,6 +170,17 @@ def test_every_fix_applied_leaves_a_clean_tree(tmp_path: Path, semgrep_installed
     assert "no findings" in result.stderr
 
 
+def test_paths_limit_the_report_to_their_findings(semgrep_installed: None) -> None:
+    """Given one file, only its findings show: the chain's cycle is counted in a note instead."""
+    result = runner.invoke(
+        app, ["guardrails", str(REPO_ROOT / "services/feed/api.py"), "--root", str(REPO_ROOT)]
+    )
+    assert result.exit_code == 1, result.output
+    found = {m["path"] for m in map(FINDING.match, result.stdout.splitlines()) if m}
+    assert found == {"services/feed/api.py"}
+    assert "call graph: 2 finding(s) outside the paths given" in result.stderr
+
+
 def test_rule_cases_match_their_annotations(semgrep_installed: None) -> None:
     """Each `# ruleid:` case line is reported under that rule, and no `# ok:` line is."""
     files = sorted(CASES.glob("*.py"))
