@@ -244,7 +244,7 @@ def semgrep(root: Path, targets: Sequence[str]) -> list[Finding]:
     if errors:
         said = "; ".join(" ".join(str(e.get("message", e)).split()) for e in errors)
         raise GuardrailsError(f"semgrep could not scan: {said}")
-    trees = _Trees(root)
+    trees = _Trees()
     findings = []
     for result in output.get("results", []):
         extra = result.get("extra", {})
@@ -261,8 +261,7 @@ def semgrep(root: Path, targets: Sequence[str]) -> list[Finding]:
 class _Trees:
     """Parsed files, to ask what encloses a finding (semgrep cannot tell async functions)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self) -> None:
         self._trees: dict[Path, ast.Module | None] = {}
 
     def innermost_is_async(self, path: Path, line: int, column: int) -> bool:
