@@ -266,6 +266,30 @@ def scenarios(root: RootOption = None) -> None:
     console.print(table)
 
 
+@app.command()
+def guardrails(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Files or directories to scan (default: services drill faults)."),
+    ] = None,
+    root: RootOption = None,
+) -> None:
+    """Review checks for the lab's defect classes: semgrep rules, ruff ASYNC/S113, call graph."""
+    from drill import guardrails as checks
+
+    try:
+        report = checks.run(root or native.find_root(Path.cwd()), paths or [])
+    except checks.GuardrailsError as exc:
+        raise _fail(str(exc)) from None
+    for finding in report.findings:
+        console.print(finding.render(), markup=False, highlight=False, soft_wrap=True)
+    for note in report.notes:
+        errors.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    took = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.seconds.items())
+    errors.print(f"{len(report.findings) or 'no'} findings ({took})", highlight=False)
+    raise typer.Exit(1 if report.findings else 0)
+
+
 def _print_result(result: VerifyResult) -> None:
     mode = "baseline (every trigger off)" if result.baseline else "triggers on"
     table = Table(

@@ -17,6 +17,8 @@ LAB_TREE = (
     "prometheus",
     "grafana",
     "scenarios.yaml",
+    # The lab's own review checks (drill guardrails), so a copy can be checked like the tree.
+    "guardrails",
 )
 
 
