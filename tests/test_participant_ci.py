@@ -77,6 +77,8 @@ def test_the_script_passes_a_fixed_tree_and_writes_the_summary(
         DRILL_RESULT=str(tmp_path / "result.json"),
         GITHUB_STEP_SUMMARY=str(summary),
         PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        # The tools' venv of this checkout (scripts/bootstrap guardrails); the copy has none.
+        DRILL_SEMGREP=str(REPO_ROOT / ".venv-guardrails" / "bin" / "semgrep"),
     )
     try:
         done = subprocess.run(
