@@ -943,3 +943,139 @@ def test_code_section_points_to_route_functions_and_log_calls(
 
     section = evidence.code_section(LabConfig(REPO_ROOT, state_dir=state), [span], [])
     assert section.body[0].startswith(f"- `{source_range(get_feed)}`: `get_feed`")
+
+
+# -- a native lab: real exporters, real log files, a real Prometheus --------------------------
+
+
+@pytest.mark.lab
+def test_a_real_order_through_a_native_chain_lab_makes_a_whole_bundle(tmp_path: Path) -> None:
+    """One order through a native chain lab with the C→A callback on: the spans its services
+    export (served as Jaeger's JSON) make the A→B→C→A tree, its lines come from all three log
+    files, a real Prometheus scraping the chain fills the metrics, and the code section points
+    at the four route functions."""
+    import httpx
+
+    from drill.solutions import copy_lab
+    from services.chain.api import check_customer, place_order, quote, reserve
+    from tests.labs import lab_env, run_drill
+    from tests.otlp import otlp_receiver
+    from tests.polling import poll_until
+
+    if shutil.which("prometheus") is None:
+        need_server("prometheus", "apt-get install prometheus")
+    root = copy_lab(REPO_ROOT, tmp_path / "tree")
+    out = tmp_path / "bundle.md"
+    order = {"customer_id": "cust-1", "lines": [{"sku": "MUG-STONEWARE", "quantity": 1}]}
+    with otlp_receiver() as receiver:
+        exported: list[ExportTraceServiceRequest] = []
+        receive = receiver.add
+
+        def keep(request: ExportTraceServiceRequest) -> None:
+            exported.append(request)
+            receive(request)
+
+        receiver.add = keep  # type: ignore[method-assign]  # the raw requests, for Jaeger's JSON
+        env = lab_env(root)
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="200")
+        offset = int(env["DRILL_PORT_OFFSET"])
+        chain_a = f"http://127.0.0.1:{8011 + offset}"
+        prometheus = f"http://127.0.0.1:{9090 + offset}"
+        up = run_drill(root, env, "up", "--native", "--only", "chain", "--only", "prometheus")
+        try:
+            assert up.returncode == 0, up.stderr + up.stdout
+            flip = run_drill(root, env, "flags", "set", "chain.fraud_callback", "on")
+            assert flip.returncode == 0, flip.stderr
+
+            def callback_acted() -> float:
+                url = f"http://127.0.0.1:{8013 + offset}/drill/triggers"
+                acted = httpx.get(url, timeout=5, trust_env=False).json()
+                return float(sum(acted.get("chain.fraud_callback", {}).values()))
+
+            def order_through_the_callback() -> str:
+                before = callback_acted()
+                response = httpx.post(chain_a + "/orders", json=order, timeout=10, trust_env=False)
+                assert response.status_code == 201, response.text
+                assert callback_acted() > before, "chain-c has not seen the callback flag yet"
+                return response.headers["x-trace-id"]
+
+            trace_id = poll_until(order_through_the_callback, "an order through C→A", 30)
+
+            def exported_path() -> None:
+                spans = receiver.spans(trace_id)
+                servers = [s for s in spans if s.kind == Span.SpanKind.SPAN_KIND_SERVER]
+                assert len(servers) == 4 and any("/check" in s.name for s in servers), servers
+
+            poll_until(exported_path, f"the exported server spans of {trace_id}", 60)
+
+            def scraped() -> None:
+                query = 'sum(rate(http_server_requests_total{service="chain-a"}[1m]))'
+                answer = httpx.get(
+                    prometheus + "/api/v1/query", params={"query": query}, trust_env=False
+                ).json()
+                assert answer["data"]["result"], "a rate of chain-a's requests"
+
+            poll_until(scraped, "Prometheus scraping the chain", 60, 1.0)
+            claims = [
+                claim(
+                    9,
+                    "circular-deadlock",
+                    "accepted",
+                    datetime.now(UTC).isoformat(),
+                    "C calls back into A while A waits on B.",
+                    trace_ids=[trace_id],
+                    promql="sum(chain_workers)",
+                )
+            ]
+            with (
+                stand_in(JaegerStandIn(exported)) as jaeger,
+                stand_in(runner_stand_in(claims)) as scoreboard,
+            ):
+                sources = {
+                    evidence.JAEGER_URL_ENV: jaeger,
+                    evidence.SCOREBOARD_URL_ENV: scoreboard,
+                    evidence.TEAM_TOKEN_ENV: TOKEN,
+                }
+                done = run_drill(
+                    root,
+                    {**env, **sources},
+                    "evidence", "circular-deadlock", "--trace-id", trace_id,
+                    "--since", "5m", "--out", str(out),
+                )  # fmt: skip
+        finally:
+            run_drill(root, env, "down")
+    assert done.returncode == 0, done.stderr + done.stdout
+    found = sections(out.read_text())
+    assert "C calls back into A while A waits on B." in found["The team's accepted claim"]
+
+    tree = found["Traces"].split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+
+    def depth(service: str, name: str) -> int:
+        line = next(t for t in tree if t.lstrip().startswith(f"{service}  {name}  "))
+        return len(line) - len(line.lstrip())
+
+    path = [
+        depth("chain-a", "POST /orders"),
+        depth("chain-b", "POST /quotes"),
+        depth("chain-c", "POST /reservations"),
+        depth("chain-a", "GET /customers/{customer_id}/check"),
+    ]
+    assert path[0] == 0 and path == sorted(path) and len(set(path)) == 4, tree
+
+    logs = found["Log lines of these traces"]
+    for service in ("chain-a", "chain-b", "chain-c"):
+        assert f"`{service}.log`" in logs and f" {service} info " in logs
+    assert "POST /orders 201" in logs
+
+    metrics = found["Key metrics"]
+    assert f"Source: Prometheus at {prometheus}" in metrics
+    for service in ("chain-a", "chain-b", "chain-c"):
+        assert f"| worker pool in use (busy / size) | service={service} |" in metrics, metrics
+    # Three services of 8 workers each, once all three are scraped.
+    own = re.search(r"^\| the accepted claim's own query \| - \| .+ \| 24 \| 24 \|$", metrics, re.M)
+    assert own, metrics
+
+    code = found["Code the traces point to"]
+    for function in (place_order, quote, reserve, check_customer):
+        assert f"`{source_range(function)}`" in code, code
+    assert "no result.json for `circular-deadlock`" in found["The last verify run"]
