@@ -420,6 +420,39 @@ def seed(
     )
 
 
+@app.command()
+def evidence(
+    scenario: str,
+    trace_ids: Annotated[
+        list[str], typer.Option("--trace-id", help="A trace id (32 hex digits); repeat for more.")
+    ],
+    since: Annotated[str, typer.Option(help="Metrics window, e.g. 15m or 1h.")] = "15m",
+    out: Annotated[Path | None, typer.Option(help="Write here (default: stdout).")] = None,
+    log_lines: Annotated[int, typer.Option(help="Log lines per trace at most.", min=1)] = 40,
+    root: RootOption = None,
+) -> None:
+    """Write the phase 3 evidence bundle (Markdown): symptom, claim, spans, metrics, logs, code."""
+    from drill import evidence as bundle_sources
+
+    config = _config(root)
+    try:
+        bundle = bundle_sources.collect(
+            config, scenario, trace_ids, since=since, log_lines=log_lines
+        )
+    except (bundle_sources.EvidenceError, ScenarioFileError) as exc:
+        raise _fail(str(exc)) from None
+    if out is None:
+        typer.echo(bundle.markdown(), nl=False)
+        return
+    try:
+        bundle_sources.write_bundle(out, bundle.markdown())
+    except OSError as exc:
+        raise _fail(f"could not write {out}: {exc}") from None
+    console.print(f"evidence bundle written to {out}", highlight=False)
+    for line in bundle.summary():
+        console.print(f"  {line}", highlight=False, markup=False)
+
+
 @solutions_app.command("apply")
 def solution_apply(name: str, root: RootOption = None) -> None:
     """Apply solutions/NAME.patch to the service code (then `drill restart`)."""
