@@ -71,6 +71,10 @@ _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 
 
+# Labels Prometheus adds to every scraped series: they name the scrape, not the symptom.
+SCRAPE_LABELS = frozenset({"__name__", "instance", "job"})
+
+
 class EvidenceError(Exception):
     """Bad input (exit 2, nothing written); the message says what was expected."""
 
@@ -1046,7 +1050,7 @@ class Prometheus:
                 value = float(text)
                 if not math.isnan(value):
                     values.append(value)
-            labels = {k: v for k, v in (item.get("metric") or {}).items() if k != "__name__"}
+            labels = {k: v for k, v in (item.get("metric") or {}).items() if k not in SCRAPE_LABELS}
             series.append(Series(labels, tuple(values)))
         return series
 
