@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 SPEED = 180
 SEED = 2026
 PROGRAM = load_program(REPO_ROOT / "scenarios.yaml")
-DARK_ROOM = next(e for e in PROGRAM.agenda if e.name == "1: the dark room")
+DARK_ROOM = next(e for e in PROGRAM.agenda if e.name == "1: dark room investigation")
 WRAP_UP = PROGRAM.agenda[-1]
 VERIFY_S = "15"
 
