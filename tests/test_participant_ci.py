@@ -67,13 +67,14 @@ def test_the_script_passes_a_fixed_tree_and_writes_the_summary(
     tmp_path: Path, postgres_url: str
 ) -> None:
     root = copy_lab(REPO_ROOT, tmp_path / "team", solution="fp-drift")
-    (root / "scripts" / "participant-ci").chmod(0o755)
+    (root / "scripts").mkdir(exist_ok=True)  # a lab copy holds the lab, not its scripts
+    shutil.copy2(REPO_ROOT / SCRIPT, root / SCRIPT)
     database = f"{postgres_url.rsplit('/', 1)[1]}_participant_ci"
     env = lab_env(root, database_url=fresh_database(database))
     summary = tmp_path / "summary.md"
     env.update(
         DRILL_PYTHON=sys.executable,
-        DRILL_VERIFY_DURATION="10",
+        DRILL_VERIFY_DURATION="25",
         DRILL_RESULT=str(tmp_path / "result.json"),
         GITHUB_STEP_SUMMARY=str(summary),
         PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",

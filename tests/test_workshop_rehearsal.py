@@ -41,7 +41,7 @@ SEED = 2026
 PROGRAM = load_program(REPO_ROOT / "scenarios.yaml")
 DARK_ROOM = next(e for e in PROGRAM.agenda if e.name == "1: dark room investigation")
 WRAP_UP = PROGRAM.agenda[-1]
-VERIFY_S = "15"
+VERIFY_S = "25"  # the drill tests' length: enough payments to judge (min 500)
 
 
 @dataclass
