@@ -118,7 +118,7 @@ def test_integer_variants_and_percent_targeting(tmp_path: Path, flags: Flags) ->
 
 
 def test_fractional_percent_from_the_cli_is_served(tmp_path: Path, flags: Flags) -> None:
-    """A float share such as 2.5% is written as integer weights, which flagd honours."""
+    """A fractional share such as 2.5% is written as integer weights, which flagd honours."""
     set_flags(tmp_path, CATALOG, {"ledger.commit_latency_ms": ("slow", 2.5)})
     keys = [str(i) for i in range(4000)]
     wait_for(
