@@ -232,7 +232,7 @@ def test_the_kit_scenarios_keep_every_check_and_hide_hints_and_bases(kit: Path) 
             assert (check.basis is None) == (original.basis is None)
             assert check.basis != original.basis or check.basis is None
     text = (kit / "scenarios.yaml").read_text()
-    assert "basis: >" in text and '  at: "0:10"' in text, "edited in place, not re-dumped"
+    assert "basis: >" in text and '- at: "0:10"' in text, "edited in place, not re-dumped"
 
 
 def test_the_kit_dashboards_leave_out_only_the_fix_only_panels(kit: Path) -> None:
