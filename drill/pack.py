@@ -236,6 +236,8 @@ def tracked_files(root: Path, *, allow_dirty: bool = False) -> dict[str, bool]:
         if entry:
             mode, _, _ = entry.split("\t", 1)[0].split(" ")
             files[entry.split("\t", 1)[1]] = mode == "100755"
+    if "scenarios.yaml" not in files:
+        raise PackError(f"git tracks no scenarios.yaml in {root}: pack a checkout of the lab")
     return files
 
 
@@ -250,15 +252,15 @@ def solution_lines(root: Path) -> set[str]:
     """The lines the reference fixes add that carry the fix's text, stripped.
 
     An added line of solutions/*.patch counts unless it is trivial: fewer than three letters or
-    digits (`)`, `],`), an import that a tracked file already makes, a line the shipped runtime
-    code (RUNTIME) already has (moved or re-indented code, `session.commit()`), or a statement
-    any Python file has (_GENERIC_LINE: `try:`, `return None`, `self,`).
+    digits (`)`, `],`), an import that a file the kit keeps already makes, a line the kit's
+    runtime code (RUNTIME) already has (moved or re-indented code, `session.commit()`), or a
+    statement any Python file has (_GENERIC_LINE: `try:`, `return None`, `self,`).
     """
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=False
     ).stdout.split("\0")
     common: set[str] = set()
-    for path in (p for p in tracked if p and not p.startswith("solutions/")):
+    for path in (p for p in tracked if p and excluded(p) is None):
         text = _read_text(root / path) or ""
         for line in (raw.strip() for raw in text.splitlines()):
             if path.startswith(RUNTIME) or _IMPORT.match(line):
