@@ -869,6 +869,43 @@ def postmortem(
     console.print(f"wrote {path}: fill in the prompts (> ...) with your team", highlight=False)
 
 
+pack_app = typer.Typer(help="Build what participants get (instructors).", no_args_is_help=True)
+app.add_typer(pack_app, name="pack")
+
+
+@pack_app.command("participants")
+def pack_participants(
+    out: Annotated[Path, typer.Argument(help="A new or empty directory, or NAME.tar.gz.")],
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="git: a repository with one commit (default); tar: .tar.gz."),
+    ] = None,
+    allow_dirty: Annotated[
+        bool, typer.Option("--allow-dirty", help="Pack uncommitted changes to tracked files.")
+    ] = False,
+    root: RootOption = None,
+) -> None:
+    """Write the participant kit: the lab without its solutions, instructor notes or spoilers."""
+    import importlib
+
+    try:
+        # By name: the kit leaves drill/pack.py out (its spoiler list names every cause).
+        pack = importlib.import_module("drill.pack")
+    except ModuleNotFoundError as exc:
+        if exc.name != "drill.pack":
+            raise
+        raise _fail("this tree is a participant kit: pack from the instructors' lab tree") from None
+    try:
+        kit = pack.build(_config(root).root, out, fmt=fmt, allow_dirty=allow_dirty)
+    except pack.PackError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"participant kit: {kit.path} ({kit.format}, {kit.files} files, one commit "
+        f"{kit.commit[:12]})",
+        highlight=False,
+    )
+
+
 def main() -> None:
     app()
 

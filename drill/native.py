@@ -451,7 +451,7 @@ def uvicorn_command(spec: ServiceSpec, host: str, port: int, root: Path) -> list
         # compose bind-mounts the checkout's services/ so a fix plus a restart runs it.
         "--app-dir", str(root),
         "--no-access-log", "--log-level", "warning",
-        # A deadlocked service never finishes its requests; without a bound, stopping it
+        # A stuck service never finishes its requests; without a bound, stopping it
         # waits out STOP_TIMEOUT_S and ends in SIGKILL.
         "--timeout-graceful-shutdown", "3",
     ]  # fmt: skip

@@ -39,6 +39,9 @@ class FlagSpec:
     # "db.commit" (latency after each commit that wrote), "db.statement" (before each one), or
     # "tax.lookup" (each VAT rate lookup of chain-b's tax-store client, services/chain/tax.py).
     injects: str | None = None
+    # What the flag does in words that name no defect: the participant kit (`drill pack
+    # participants`) makes it the description. The kit's own catalog has none.
+    participant_description: str | None = None
 
     @property
     def default_value(self) -> FlagValue:
@@ -57,6 +60,8 @@ class FlagSpec:
         metadata = {"service": self.service, "kind": self.kind, "description": self.description}
         if self.injects is not None:
             metadata["injects"] = self.injects
+        if self.participant_description is not None:
+            metadata["participant_description"] = self.participant_description
         return {
             "state": "ENABLED",
             "variants": dict(self.variants),
@@ -111,6 +116,11 @@ def _parse_flag(key: str, raw: Any, where: str) -> FlagSpec:
     description = metadata.get("description")
     if not isinstance(description, str) or not description.strip():
         raise CatalogError(f"{where}: flags.{key}.metadata.description: missing")
+    participant = metadata.get("participant_description")
+    if participant is not None and (not isinstance(participant, str) or not participant.strip()):
+        raise CatalogError(
+            f"{where}: flags.{key}.metadata.participant_description: expected a non-empty string"
+        )
     injects = metadata.get("injects")
     if injects is not None and injects not in INJECTION_POINTS:
         known = ", ".join(INJECTION_POINTS)
@@ -125,6 +135,7 @@ def _parse_flag(key: str, raw: Any, where: str) -> FlagSpec:
         variants=dict(variants),
         default_variant=str(default),
         description=description,
+        participant_description=participant,
         service=str(metadata.get("service", "")),
         kind=str(metadata.get("kind", "trigger")),
     )

@@ -121,7 +121,8 @@ def flag_definition(
 
 def _fractional(spec: FlagSpec, variant: str, percent: float) -> dict[str, Any]:
     # flagd's fractional hashes the targeting key, so one user (or request) stays in one bucket.
-    # Its weights must be integers (a float weight silently serves the default): basis points.
+    # Its weights must be integers (a fractional weight silently serves the default): basis
+    # points.
     share = round(percent * 100)
     return {"fractional": [[variant, share], [spec.default_variant, BASIS_POINTS - share]]}
 

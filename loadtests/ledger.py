@@ -15,10 +15,9 @@ from recorder import RUN_ID, record_truth
 
 # Weighted like a European merchant's traffic; JPY has no minor unit.
 CURRENCIES = (("USD", 40), ("EUR", 25), ("GBP", 15), ("CHF", 10), ("JPY", 10))
-# Spread over many accounts, as a merchant's customers are: the shipped ledger re-reads an
-# account's postings on each POST, and with 8 accounts that re-read grew all run long (the clean
-# baseline's p95 rose with every second). At some 32 payments a second, 200 accounts hold about
-# 10 postings each after 60 s.
+# Spread over many accounts, as a merchant's customers are: with 8 accounts the shipped
+# ledger's posting time grew all run long (the clean baseline's p95 rose with every second). At
+# some 32 payments a second, 200 accounts hold about 10 postings each after 60 s.
 ACCOUNTS_PER_RUN = 200
 # Short attempts, then one long attempt to learn the outcome, as payment SDKs do.
 ATTEMPT_TIMEOUTS_S = (1.0, 1.0, 1.0, 10.0)

@@ -61,6 +61,34 @@ def test_bad_catalog_names_the_flag(tmp_path: Path) -> None:
         load_catalog(bad)
 
 
+def test_a_blank_participant_description_is_rejected_with_the_flag(tmp_path: Path) -> None:
+    """A participant description that is there must say something; the error names the flag."""
+    bad = tmp_path / "flags.json"
+    metadata = {"description": "x", "participant_description": "  "}
+    flag = {"variants": {"off": False, "on": True}, "defaultVariant": "off", "metadata": metadata}
+    bad.write_text(json.dumps({"flags": {"x.y": flag}}))
+    with pytest.raises(CatalogError, match=r"flags\.x\.y\.metadata\.participant_description"):
+        load_catalog(bad)
+
+
+def test_participant_descriptions_are_read_and_optional(tmp_path: Path) -> None:
+    """The catalog reads a flag's participant description and keeps it in the flag's
+    definition; a catalog without them (the participant kit's) loads too."""
+    path = tmp_path / "flags.json"
+    flag = {"variants": {"off": False, "on": True}, "defaultVariant": "off"}
+    told = {"description": "x", "participant_description": "what participants read"}
+    flags = {
+        "x.told": {**flag, "metadata": told},
+        "x.kit": {**flag, "metadata": {"description": "x"}},
+    }
+    path.write_text(json.dumps({"flags": flags}))
+    catalog = load_catalog(path)
+    assert catalog["x.told"].participant_description == "what participants read"
+    assert catalog["x.told"].definition()["metadata"] == {"service": "", "kind": "trigger", **told}
+    assert catalog["x.kit"].participant_description is None
+    assert "participant_description" not in catalog["x.kit"].definition()["metadata"]
+
+
 def test_flip_reaches_the_service(tmp_path: Path, flags: Flags) -> None:
     """Setting a flag in the state file changes the evaluated value without a restart."""
     assert flags.enabled("ledger.fx_conversion") is False
@@ -90,7 +118,7 @@ def test_integer_variants_and_percent_targeting(tmp_path: Path, flags: Flags) ->
 
 
 def test_fractional_percent_from_the_cli_is_served(tmp_path: Path, flags: Flags) -> None:
-    """A float share such as 2.5% is written as integer weights, which flagd honours."""
+    """A fractional share such as 2.5% is written as integer weights, which flagd honours."""
     set_flags(tmp_path, CATALOG, {"ledger.commit_latency_ms": ("slow", 2.5)})
     keys = [str(i) for i in range(4000)]
     wait_for(

@@ -79,10 +79,9 @@ def snapshot_feed(base_url: str, run_dir: Path) -> None:
 
 
 # How old an author shown on a timeline may be, in seconds past the moment the provider's
-# profile changed. The reference fix caches a profile for its TTL of 10 s (+10% jitter) after a
-# fetch that takes up to 2 s with retries: 13 s at most. 20 s leaves 7 s for a loaded machine,
-# and is still shorter than the provider's period (REVISION_PERIOD_S), so a cache that never
-# refreshes shows stale authors within one 30 s run.
+# profile changed: the product's rule in the n-plus-one summary (scenarios.yaml). It is shorter
+# than the provider's period (REVISION_PERIOD_S), so authors that are never refreshed show stale
+# within one 30 s run.
 PROFILE_STALENESS_S = 20.0
 # Timeline reads checked against the database and the provider: all of a normal run's reads.
 MAX_READS_CHECKED = 2000

@@ -29,7 +29,7 @@ from drill import machine, native
 from drill.scenarios import Program
 
 # A quarter of verify's users: a steady trickle that still shows each defect on the dashboards
-# (the chain deadlocks with 4 shoppers on 8 workers; one shipped feed read blocks it for 1 s).
+# (the chain sticks with 4 shoppers on 8 workers; one shipped feed read holds it for 1 s).
 BACKGROUND_SHARE = 0.25
 # SIGTERM lets Locust stop its users at once (no --stop-timeout); the rollback has 2 s in all.
 STOP_GRACE_S = 1.0
