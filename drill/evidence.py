@@ -775,7 +775,7 @@ def _status(span: Span) -> str:
 
 def _signature(span: Span, children: Mapping[str, list[Span]]) -> tuple[Any, ...]:
     """Spans that did the same work (same service, operation, statement, status and subtree)
-    share a signature: a run of them is one line with a count (the N+1 shows as ×N)."""
+    share a signature: a run of them is one line with a count (a repeated call shows as ×N)."""
     attributes = span.attributes
     statement = attributes.get("db.statement") or attributes.get("db.query.text")
     route = attributes.get("http.route")

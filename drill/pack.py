@@ -65,6 +65,13 @@ EXCLUDED: dict[str, str] = {
     "docstrings and output report before/after figures per defect",
     "grafana/README.md": "the dashboards' maintainer notes: name the metrics only the reference "
     "fixes export; docs/participants/dashboards.md replaces it",
+    "guardrails/": "phase 4's review rules: each names a defect class (floats, timeouts, blocking "
+    "calls, a query per row, the call cycle); handed out with the post-mortem",
+    "drill/guardrails.py": "runs those rules and explains each finding by its defect class",
+    ".pre-commit-config.yaml": "runs drill guardrails on each commit (phase 4)",
+    "tests/test_guardrails.py": "asserts each shipped defect's line, by defect class",
+    "tests/guardrails_cases/": "annotated examples of each defect class",
+    "docs/templates/spec.md": "phase 4's spec template: its guardrails section names every fix",
     ".ci/run": "the lab's own CI: its second step runs the drill verdict tests, which are left "
     "out (pytest fails when it collects nothing); participants' CI runs drill verify",
 }
