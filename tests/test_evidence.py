@@ -555,7 +555,7 @@ def test_span_tree_from_jaeger_json_of_real_ledger_spans(captured: Captured) -> 
 
 
 def test_runs_of_siblings_doing_the_same_work_fold_into_one_line() -> None:
-    """An N+1 (the same statement per followee) shows as one line with ×N; an error span shows
+    """A run of one statement per followee shows as one line with ×N; an error span shows
     its status and message; a span whose parent is missing is a root that says so."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
 
