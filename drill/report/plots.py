@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from matplotlib import dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.patches import Patch
 
 from drill.program.journal import Event
 from drill.report.model import Figure, Series, Trace, VerifyRun, Window
@@ -312,7 +313,8 @@ def waterfalls(name: str, caption: str, traces: Sequence[tuple[str, Trace]]) -> 
     if not traces:
         return None
     figure = MplFigure(figsize=(11, 2.2 + 2.4 * len(traces)), layout="constrained")
-    axes = list(figure.subplots(len(traces), 1, squeeze=False)[:, 0])
+    # One time scale for both: the fix's page is as short next to the ladder as it was.
+    axes = list(figure.subplots(len(traces), 1, sharex=True, squeeze=False)[:, 0])
     points = 0
     for ax, (label, trace) in zip(axes, traces, strict=True):
         colors = [_span_color(s.name) for s in trace.spans]
@@ -328,18 +330,23 @@ def waterfalls(name: str, caption: str, traces: Sequence[tuple[str, Trace]]) -> 
         ax.invert_yaxis()
         ax.set_yticks([])
         ax.set_ylabel(f"{len(rows)} spans", fontsize=8)
-        ax.set_xlabel("ms from the request's start")
         ax.set_title(f"{label}: {trace.duration_ms:,.0f} ms", fontsize=9, loc="left")
+    legend = [Patch(color=c, label=n) for n, c in SPAN_COLORS.items()]
+    axes[0].legend(handles=legend, fontsize=7, loc="center right")
+    axes[-1].set_xlabel("ms from the request's start")
     return Figure(name, caption, _png(figure), points)
+
+
+SPAN_COLORS = {"database statement": "#8d6e63", "HTTP call": "#1e88e5", "other": "#78909c"}
 
 
 def _span_color(name: str) -> str:
     upper = name.upper()
     if upper.startswith(("SELECT", "INSERT", "UPDATE", "DELETE", "CONNECT")) or " DB" in upper:
-        return "#8d6e63"
+        return SPAN_COLORS["database statement"]
     if "/PROFILES" in upper or upper.startswith(("GET", "POST")) and "/FEED/" not in upper:
-        return "#1e88e5"
-    return "#78909c"
+        return SPAN_COLORS["HTTP call"]
+    return SPAN_COLORS["other"]
 
 
 def round_trips(
