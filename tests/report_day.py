@@ -151,7 +151,7 @@ def _teams(state: Path, day: Day, journal: Journal) -> None:
     chance = random.Random(3)
     for number, team in enumerate(day.teams):
         for name in SCENARIOS:
-            minutes = 15 + 12 * number + chance.randint(5, 25)
+            minutes = 15 + 6 * (number % 8) + chance.randint(5, 25)
             if number % 2:
                 workshop.unlock_hint(team, name, [], now=day.at(minutes * 60 - 120))
             claim = workshop.file_claim(

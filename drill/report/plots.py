@@ -382,35 +382,80 @@ def _count(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+# Past this many (team, scenario) results a bar each is too tall: one dot each, per scenario.
+MAX_BARS = 24
+
+
 def teams(
-    name: str, caption: str, rows: Sequence[tuple[str, float, int, bool]], mark_minutes: float
+    name: str,
+    caption: str,
+    rows: Sequence[tuple[str, str, float, int, bool]],
+    mark_minutes: float,
 ) -> Figure | None:
-    """Minutes to root cause per (team, scenario) with the dark room's mark; hints and a
-    verified fix noted on each bar."""
-    rows = [r for r in rows if math.isfinite(r[1])]
+    """Minutes to root cause per (team, scenario) against the dark room's mark, with the hints
+    used and whether a fix was verified."""
+    rows = [r for r in rows if math.isfinite(r[2])]
     if not rows:
         return None
+    if len(rows) > MAX_BARS:
+        return _team_dots(name, caption, rows, mark_minutes)
     figure = MplFigure(figsize=(11, 1.4 + 0.45 * len(rows)), layout="constrained")
     ax = figure.subplots()
-    labels = [label for label, _, _, _ in rows]
-    minutes = [m for _, m, _, _ in rows]
+    minutes = [m for _, _, m, _, _ in rows]
     colors = [PASS if m <= mark_minutes else "#ef6c00" for m in minutes]
     ax.barh(range(len(rows)), minutes, color=colors, height=0.6)
-    for index, (_, value, hints, fixed) in enumerate(rows):
+    for index, (_, _, value, hints, fixed) in enumerate(rows):
         note = f" {hints} hint(s)" + (", fix verified" if fixed else "")
         ax.text(value, index, note, va="center", fontsize=7)
-    ax.axvline(mark_minutes, color=FAIL, linestyle="--", linewidth=1.2)
+    _mark(ax, mark_minutes)
+    ax.set_yticks(range(len(rows)), [f"{t} · {s}" for t, s, _, _, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("program minutes from the scenario going live to the accepted root cause")
+    ax.set_xlim(0, max(max(minutes), mark_minutes) * 1.25)
+    return Figure(name, caption, _png(figure), len(rows))
+
+
+def _team_dots(
+    name: str,
+    caption: str,
+    rows: Sequence[tuple[str, str, float, int, bool]],
+    mark_minutes: float,
+) -> Figure:
+    """Many teams: one dot per (team, scenario), a row per scenario; filled when the fix was
+    verified, larger with each hint used."""
+    scenarios = list(dict.fromkeys(scenario for _, scenario, _, _, _ in rows))
+    figure = MplFigure(figsize=(11, 1.6 + 0.9 * len(scenarios)), layout="constrained")
+    ax = figure.subplots()
+    for fixed in (True, False):
+        chosen = [r for r in rows if r[4] is fixed]
+        if not chosen:
+            continue
+        ys = [scenarios.index(r[1]) + 0.25 * math.sin(i * 2.4) for i, r in enumerate(chosen)]
+        ax.scatter(
+            [r[2] for r in chosen], ys, s=[30 + 30 * r[3] for r in chosen],
+            c=[PASS if r[2] <= mark_minutes else "#ef6c00" for r in chosen],
+            marker="o" if fixed else "x", alpha=0.8,
+            label="fix verified" if fixed else "no verified fix",
+        )  # fmt: skip
+    _mark(ax, mark_minutes)
+    ax.set_yticks(range(len(scenarios)), scenarios, fontsize=8)
+    ax.set_ylim(len(scenarios) - 0.5, -0.5)
+    ax.set_xlabel(
+        f"program minutes to the accepted root cause, one dot per team ({len(rows)} results; "
+        "larger: more hints)"
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    return Figure(name, caption, _png(figure), len(rows))
+
+
+def _mark(ax: Axes, minutes: float) -> None:
+    ax.axvline(minutes, color=FAIL, linestyle="--", linewidth=1.2)
     ax.annotate(
-        f"{mark_minutes:g}-minute mark (dark room)",
-        (mark_minutes, 1.0),
+        f"{minutes:g}-minute mark (dark room)",
+        (minutes, 1.0),
         xycoords=("data", "axes fraction"),
         xytext=(3, -10),
         textcoords="offset points",
         fontsize=7,
         color=FAIL,
     )
-    ax.set_yticks(range(len(rows)), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("program minutes from the scenario going live to the accepted root cause")
-    ax.set_xlim(0, max(max(minutes), mark_minutes) * 1.25)
-    return Figure(name, caption, _png(figure), len(rows))

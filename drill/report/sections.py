@@ -752,7 +752,8 @@ def teams_section(data: Gathered) -> Section:
             if minutes is not None:
                 bars.append(
                     (
-                        f"{team['team']} · {name}",
+                        str(team["team"]),
+                        name,
                         float(minutes),
                         int(result.get("hints_used", 0)),
                         bool(result.get("fix_verified_at")),
