@@ -77,7 +77,7 @@ def start_prometheus(data: Path, workdir: Path) -> tuple[subprocess.Popen[bytes]
     port = free_port()
     command = prometheus.command(executable, config, data, f"127.0.0.1:{port}")
     process = subprocess.Popen(
-        [*command, "--storage.tsdb.retention.time=15d"],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -406,8 +406,7 @@ def test_every_query_answers_from_a_real_prometheus_on_a_backfilled_day(tmp_path
     config_file.write_text("global:\n  scrape_interval: 5s\nscrape_configs: []\n")
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen(
-        prometheus.command(executable, config_file, data, f"127.0.0.1:{port}")
-        + ["--storage.tsdb.retention.time=15d"],
+        prometheus.command(executable, config_file, data, f"127.0.0.1:{port}"),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -420,7 +419,8 @@ def test_every_query_answers_from_a_real_prometheus_on_a_backfilled_day(tmp_path
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
+            alive = process.poll() is None and time.monotonic() < deadline
+            assert alive, (tmp_path / "prometheus.log").read_text()
             time.sleep(0.5)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("DRILL_PROMETHEUS_URL", url)

@@ -17,9 +17,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from drill.report.model import Answer, Probe, Restart, Series, VerifyRun
+from drill.report.model import (
+    Answer,
+    Gathered,
+    Probe,
+    Restart,
+    Series,
+    VerifyRun,
+    Window,
+    from_epoch,
+)
 
 # The deadlock-resolution KPI: every judged run after the fix has no 2 s window without a
 # completed order, and at least this share of orders succeed (the scenario's own SLA).
@@ -196,3 +205,22 @@ def probes_around(
     before = [p for p in probes if p.at < deploy]
     after = [p for p in probes if p.at >= deploy]
     return (before[-1] if before else None), (after[-1] if after else None)
+
+
+def active_view(data: Gathered) -> Window:
+    """The window's stretch from its first event, run or data point to its end (with a small
+    margin), so a lab that ran for minutes is not a sliver at the edge of a 3-hour axis."""
+    window = data.window
+    starts = [e.ts for e in data.events if window.holds(e.ts)]
+    starts += [max(r.started, window.start) for r in data.runs]
+    starts += [p.at for p in data.probes]
+    for name, answer in data.answers.items():
+        if name == "restarts":
+            continue  # a service's start time says nothing about when anything happened
+        firsts = [s.finite()[0][0] for s in answer.series if s.finite()]
+        starts += [from_epoch(min(firsts))] if firsts else []
+    if not starts:
+        return window
+    first = max(min(starts), window.start)
+    margin = max(timedelta(seconds=30), (window.end - first) * 0.03)
+    return Window(max(window.start, first - margin), window.end)

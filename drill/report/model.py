@@ -181,6 +181,7 @@ class Gathered:
     window: Window
     root: Path
     state_dir: Path
+    view: Window | None = None  # the part of the window with anything in it: the plots' axis
     events: tuple[Event, ...] = ()
     journal_notes: tuple[str, ...] = ()
     journal_found: bool = False

@@ -92,23 +92,33 @@ def _time_axis(ax: Axes, window: Window) -> None:
 
 
 def _deploy_lines(axes: Sequence[Axes], deploys: Sequence[tuple[str, datetime]]) -> None:
-    merged: dict[datetime, list[str]] = {}
-    for name, when in deploys:
-        merged.setdefault(when, []).append(name)
-    for index, ax in enumerate(axes):
-        for when, names in merged.items():
-            name = ", ".join(names)
+    """A dashed line at each deploy; one label for deploys too close together to tell apart."""
+    if not axes or not deploys:
+        return
+    low, high = axes[0].get_xlim()
+    close = (high - low) * 0.03
+    labels: list[tuple[float, list[str]]] = []
+    for name, when in sorted(deploys, key=lambda d: d[1]):
+        at = _num(when)
+        if labels and at - labels[-1][0] <= close:
+            labels[-1][1].append(name)
+        else:
+            labels.append((at, [name]))
+    for ax in axes:
+        for _, when in deploys:
             ax.axvline(_num(when), color=DEPLOY, linestyle="--", linewidth=1.2)
-            if index == 0:
-                ax.annotate(
-                    f"fix deployed: {name}",
-                    (_num(when), 1.0),
-                    xycoords=("data", "axes fraction"),
-                    xytext=(3, -10),
-                    textcoords="offset points",
-                    fontsize=7,
-                    color=DEPLOY,
-                )
+    for at, names in labels:
+        right = at > low + 0.7 * (high - low)  # label to the left of a late line: keep it in
+        axes[0].annotate(
+            f"fix deployed: {', '.join(names)}",
+            (at, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(-3 if right else 3, -10),
+            textcoords="offset points",
+            ha="right" if right else "left",
+            fontsize=7,
+            color=DEPLOY,
+        )
 
 
 def _lines(ax: Axes, metric: Metric) -> int:

@@ -15,6 +15,7 @@ from drill.report.analysis import (
     ORDERS_SUCCEEDED_MIN,
     Deploy,
     Stuck,
+    active_view,
     deadlock_resolution,
     find_deploy,
     last_value,
@@ -214,7 +215,7 @@ def timeline_section(data: Gathered, deploys: dict[str, Deploy]) -> Section:
             metrics.append(plots.Metric(title, unit, ((title, series),)))
     _prometheus_notes(data, section, [k[0] for k in keys])
     marks = [(name, d.at) for name, d in deploys.items() if d.at is not None]
-    figure = plots.timeline(data.window, data.events, data.runs, metrics, marks)
+    figure = plots.timeline(data.view or data.window, data.events, data.runs, metrics, marks)
     if figure is not None:
         section.figures.append(figure)
     else:
@@ -318,7 +319,7 @@ def ledger_section(data: Gathered, deploy: Deploy) -> Section:
         "ledger",
         "Ledger: served balances against the recount, the largest "
         "gap, duplicate postings and the accuracy KPI; the fix's deploy dashed.",
-        data.window,
+        data.view or data.window,
         metrics,
         marks,
     )
@@ -447,7 +448,7 @@ def chain_section(data: Gathered, deploy: Deploy) -> Section:
         "chain",
         "Chain: completed orders per second falling to zero while "
         "orders wait, and the recovery; the fix's deploy dashed.",
-        data.window,
+        data.view or data.window,
         metrics,
         marks,
         shade,
@@ -642,7 +643,7 @@ def feed_section(data: Gathered, deploy: Deploy) -> Section:
     over_time = plots.panels(
         "feed",
         "Feed: timeline latency and the work per timeline over time; the fix's deploy dashed.",
-        data.window,
+        data.view or data.window,
         metrics,
         marks,
     )
@@ -795,6 +796,7 @@ def teams_section(data: Gathered) -> Section:
 
 
 def build(data: Gathered, generated: datetime) -> tuple[Document, dict[str, Deploy]]:
+    data.view = active_view(data)
     deploys = {
         name: find_deploy(name, data.runs, data.restarts, services)
         for name, services in data.scenario_services.items()
