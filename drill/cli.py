@@ -906,6 +906,38 @@ def pack_participants(
     )
 
 
+@app.command()
+def report(
+    out: Annotated[
+        Path | None, typer.Option(help="Write here (default: debrief-report.html or .md).")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="html: one self-contained file; md: PNGs beside it.")
+    ] = "html",
+    since: Annotated[str, typer.Option(help="How far back: 3h, 90m, 1h30m.")] = "3h",
+    probe: Annotated[
+        bool, typer.Option("--probe/--no-probe", help="Read a few timelines from the live feed.")
+    ] = True,
+    root: RootOption = None,
+) -> None:
+    """The debrief: timeline, ledger, chain, feed and teams, plotted from the journal, the verify
+    runs and Prometheus."""
+    from drill.report import FORMATS, ReportError, default_out, parse_since, write_report
+
+    if fmt not in FORMATS:
+        raise _fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    try:
+        seconds = parse_since(since)
+    except ValueError as exc:
+        raise _fail(f"--since: {exc}") from None
+    config = _config(root)
+    try:
+        written = write_report(config, out or default_out(fmt), fmt, seconds, probe=probe)
+    except ReportError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
+
+
 def main() -> None:
     app()
 
