@@ -73,6 +73,8 @@ EXCLUDED: dict[str, str] = {
     "tests/guardrails_cases/": "annotated examples of each defect class",
     "tests/test_participant_ci.py": "runs the participants' CI on a tree with a reference fix",
     "tests/test_workshop_rehearsal.py": "rehearses the day with one team's lab fixed",
+    "drill/report/": "the wrap-up's debrief report: its plots and KPIs are titled by the causes",
+    "tests/test_report.py": "tests the debrief report, whose sections name the causes",
     "docs/templates/spec.md": "phase 4's spec template: its guardrails section names every fix",
     ".ci/run": "the lab's own CI: its second step runs the drill verdict tests, which are left "
     "out (pytest fails when it collects nothing); participants' CI runs drill verify",
