@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from drill import native
-from drill.program.api import RUNNER_PORT, ApiServer
+from tests import test_teams
 from tests.conftest import need_server
 from tests.test_teams import Room, snapshot
+
+served = test_teams.served  # the runner's app with teams, on a real port
 
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -40,17 +40,6 @@ def browser() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Room, str]]:
-    room = Room(tmp_path)
-    server = ApiServer(room.app, RUNNER_PORT + native.free_port_offset())
-    server.start()
-    try:
-        yield room, server.url
-    finally:
-        server.stop(2.0)
 
 
 def test_the_page_ranks_the_teams_and_reloads_itself(
