@@ -192,7 +192,7 @@ def trace_ids_in_logs(log_dir: Path, trace_ids: Sequence[str]) -> dict[str, list
         except OSError:
             continue
         for trace_id in trace_ids:
-            if f'"trace_id": "{trace_id}"'.encode() in data or trace_id.encode() in data:
+            if trace_id.encode() in data:
                 found[trace_id].append(log.stem)
     return found
 
