@@ -56,6 +56,18 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _instructors_module(name: str, what_to_do: str) -> Any:
+    """A module the participant kit leaves out, imported by name, or a clear error in a kit."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        raise _fail(f"this tree is a participant kit: {what_to_do}") from None
+
+
 def _config(root: Path | None) -> native.LabConfig:
     try:
         return native.LabConfig.from_env(root)
@@ -275,8 +287,10 @@ def guardrails(
     root: RootOption = None,
 ) -> None:
     """Review checks for the lab's defect classes: semgrep rules, ruff ASYNC/S113, call graph."""
-    from drill import guardrails as checks
-
+    checks = _instructors_module(
+        "drill.guardrails",
+        "the guardrails arrive in phase 4 (the instructor's `drill pack phase4`)",
+    )
     try:
         report = checks.run(root or native.find_root(Path.cwd()), paths or [])
     except checks.GuardrailsError as exc:
@@ -873,6 +887,27 @@ pack_app = typer.Typer(help="Build what participants get (instructors).", no_arg
 app.add_typer(pack_app, name="pack")
 
 
+@pack_app.command("phase4")
+def pack_phase4(
+    out: Annotated[Path, typer.Argument(help="NAME.tar.gz, a new file.")],
+    allow_dirty: Annotated[
+        bool, typer.Option("--allow-dirty", help="Pack uncommitted changes to tracked files.")
+    ] = False,
+    root: RootOption = None,
+) -> None:
+    """Write phase 4's handout: the guardrails, their pre-commit hook and the spec template."""
+    pack = _instructors_module("drill.pack", "pack from the instructors' lab tree")
+    try:
+        handout = pack.build_phase4(_config(root).root, out, allow_dirty=allow_dirty)
+    except pack.PackError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"phase 4 handout: {handout.path} ({handout.files} files from {handout.commit[:12]}); "
+        f"teams run: tar -xzf {handout.path.name} -C <their repository>",
+        highlight=False,
+    )
+
+
 @pack_app.command("participants")
 def pack_participants(
     out: Annotated[Path, typer.Argument(help="A new or empty directory, or NAME.tar.gz.")],
@@ -886,15 +921,7 @@ def pack_participants(
     root: RootOption = None,
 ) -> None:
     """Write the participant kit: the lab without its solutions, instructor notes or spoilers."""
-    import importlib
-
-    try:
-        # By name: the kit leaves drill/pack.py out (its spoiler list names every cause).
-        pack = importlib.import_module("drill.pack")
-    except ModuleNotFoundError as exc:
-        if exc.name != "drill.pack":
-            raise
-        raise _fail("this tree is a participant kit: pack from the instructors' lab tree") from None
+    pack = _instructors_module("drill.pack", "pack from the instructors' lab tree")
     try:
         kit = pack.build(_config(root).root, out, fmt=fmt, allow_dirty=allow_dirty)
     except pack.PackError as exc:

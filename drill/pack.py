@@ -80,6 +80,15 @@ EXCLUDED: dict[str, str] = {
     "out (pytest fails when it collects nothing); participants' CI runs drill verify",
 }
 
+# What phase 4 hands out (`drill pack phase4`): the review rules, their runner and hook, and
+# the spec template. Each is also in EXCLUDED: before the post-mortem they name the causes.
+PHASE4: tuple[str, ...] = (
+    "guardrails/",
+    "drill/guardrails.py",
+    ".pre-commit-config.yaml",
+    "docs/templates/spec.md",
+)
+
 # Files the kit carries in another form.
 REWRITTEN: dict[str, str] = {
     "README.md": "the participants' README (docs/participants/kit-readme.md): the lab's README "
@@ -767,3 +776,55 @@ def build(root: Path, out: Path, *, fmt: str | None = None, allow_dirty: bool = 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Kit(out, chosen, len(files), commit)
+
+
+# -- phase 4 -------------------------------------------------------------------------------------
+
+
+def phase4_files(root: Path, *, allow_dirty: bool = False) -> dict[str, KitFile]:
+    """The tracked files that PHASE4 names, by path."""
+    files: dict[str, KitFile] = {}
+    for path, executable in sorted(tracked_files(root, allow_dirty=allow_dirty).items()):
+        wanted = any(
+            path.startswith(entry) if entry.endswith("/") else path == entry for entry in PHASE4
+        )
+        if wanted and (root / path).is_file():
+            files[path] = KitFile((root / path).read_bytes(), executable)
+    missing = [
+        entry for entry in PHASE4
+        if not any(p == entry or (entry.endswith("/") and p.startswith(entry)) for p in files)
+    ]  # fmt: skip
+    if missing:
+        raise PackError(
+            f"git tracks nothing at {', '.join(missing)} in {root}: nothing to hand out"
+        )
+    return files
+
+
+def build_phase4(root: Path, out: Path, *, allow_dirty: bool = False) -> Kit:
+    """Write phase 4's handout as OUT.tar.gz: paths relative to the repository's top, so that
+    `tar -xzf OUT.tar.gz -C <the team's repository>` adds them. Nothing is written on error."""
+    root, out = root.resolve(), out.absolute()
+    if not out.name.endswith(TAR_SUFFIX):
+        raise PackError(
+            f"the phase 4 handout is a {TAR_SUFFIX} archive: name OUT like phase4{TAR_SUFFIX}"
+        )
+    _check_out(out, "tar")
+    files = phase4_files(root, allow_dirty=allow_dirty)
+    commit = _git(root, "rev-parse", "HEAD").strip()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".drill-phase4-", dir=out.parent))
+    try:
+        _write_tree(work / "tree", files)
+        archive = work / out.name
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in files:
+                info = tar.gettarinfo(work / "tree" / path, arcname=path)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with (work / "tree" / path).open("rb") as data:
+                    tar.addfile(info, data)
+        archive.replace(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Kit(out, "tar", len(files), commit)

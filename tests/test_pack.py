@@ -380,6 +380,79 @@ def test_the_kit_cannot_pack_itself(kit: Path) -> None:
     assert not (kit / "again").exists()
 
 
+# -- phase 4's handout ---------------------------------------------------------------------------
+
+
+def test_what_phase4_hands_out_is_left_out_of_the_kit() -> None:
+    """Each phase 4 path is kept out of the kit until then, and the kit loses nothing else."""
+    for entry in pack.PHASE4:
+        assert pack.excluded(entry if not entry.endswith("/") else entry + "x") is not None, entry
+
+
+def guardrails_in(tree: Path, *paths: str) -> subprocess.CompletedProcess[str]:
+    """`drill guardrails` run by the tree's own code, with this lab's semgrep and ruff."""
+    from drill import guardrails
+
+    semgrep = guardrails.find_tool("semgrep", REPO_ROOT)
+    if semgrep is None:
+        message = f"semgrep is not installed; {guardrails.SEMGREP_MISSING}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return subprocess.run(
+        [sys.executable, "-m", "drill.cli", "guardrails", *paths],
+        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1",
+                       "DRILL_SEMGREP": semgrep, "COLUMNS": "250"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_phase4_handout_brings_the_guardrails_to_a_kit(kit: Path, tmp_path: Path) -> None:
+    """Before phase 4 the kit's `drill guardrails` says the rules come then (exit 2); after
+    `tar -xzf` of `drill pack phase4` it finds the chain's cycle (exit 1)."""
+    team = tmp_path / "team"
+    shutil.copytree(kit, team)
+    before = guardrails_in(team, "services/chain")
+    assert before.returncode == 2, before.stderr
+    assert "the guardrails arrive in phase 4" in before.stderr
+
+    archive = tmp_path / "phase4.tar.gz"
+    result = runner.invoke(
+        app, ["pack", "phase4", str(archive), "--allow-dirty", "--root", str(REPO_ROOT)],
+        env={"COLUMNS": "250"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"tar -xzf {archive.name} -C" in result.output
+    wanted = [
+        path for path in tracked(REPO_ROOT)
+        if any(path == e or (e.endswith("/") and path.startswith(e)) for e in pack.PHASE4)
+    ]  # fmt: skip
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == sorted(wanted)
+        tar.extractall(team, filter="data")
+
+    after = guardrails_in(team, "services/chain")
+    assert after.returncode == 1, after.stderr + after.stdout
+    assert "peers-cycle" in after.stdout and "chain-a → chain-b → chain-c → chain-a" in after.stdout
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [("phase4.zip", "name OUT like phase4.tar.gz"), ("full.tar.gz", "exists: remove it")],
+)
+def test_a_bad_phase4_output_is_refused_and_nothing_written(
+    tmp_path: Path, out: str, message: str
+) -> None:
+    (tmp_path / "full.tar.gz").write_bytes(b"mine")
+    result = runner.invoke(
+        app, ["pack", "phase4", str(tmp_path / out), "--allow-dirty", "--root", str(REPO_ROOT)],
+        env={"COLUMNS": "250"},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.tar.gz"]
+
+
 # -- the kit runs ---------------------------------------------------------------------------------
 
 
