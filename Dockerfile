@@ -28,17 +28,21 @@ RUN python3 -m venv /opt/drill \
 
 WORKDIR /app
 
-# Dependencies first, read from pyproject.toml alone: a code change reuses this layer.
-COPY pyproject.toml ./
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+# Dependencies first, from the lock alone (uv.lock, as scripts/bootstrap installs them): a code
+# change reuses this layer. The services and what a fix may use (`fixes`), and Locust (`load`):
+# compose's locust container runs from this image too. uv (pinned as in scripts/bootstrap)
+# lives in /opt/uv, outside the synced venv.
+ARG UV_VERSION=0.13.8
+ENV UV_PROJECT_ENVIRONMENT=/opt/drill UV_PYTHON=/opt/drill/bin/python3 UV_NO_CACHE=1
+COPY pyproject.toml uv.lock README.md ./
+RUN python3 -m venv /opt/uv \
+ && /opt/uv/bin/pip install "uv==${UV_VERSION}" \
+ && /opt/uv/bin/uv sync --locked --no-install-project --extra fixes --extra load
 
 # The project: services, faults and drill as installed packages; loadtests, scenarios.yaml
 # and solutions stay under /app, where drill finds its root.
 COPY . .
-RUN pip install --no-deps . \
+RUN /opt/uv/bin/uv sync --locked --no-editable --extra fixes --extra load \
  && drill --help >/dev/null
 
 USER drill

@@ -66,8 +66,8 @@ WHY = {
     ),
 }
 SEMGREP_MISSING = (
-    "semgrep is not installed: run `scripts/bootstrap guardrails` (it installs the `guardrails` "
-    "extra into .venv-guardrails), or `pipx install semgrep`, or set DRILL_SEMGREP to its path. "
+    "semgrep is not installed: run `scripts/bootstrap guardrails` (it syncs guardrails/uv.lock "
+    "into .venv-guardrails), or `pipx install semgrep`, or set DRILL_SEMGREP to its path. "
     "Not into .venv: semgrep pins OpenTelemetry below the lab's."
 )
 RUFF_MISSING = (

