@@ -965,6 +965,57 @@ def report(
     console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
 
 
+@app.command()
+def preflight(
+    native_only: Annotated[
+        bool, typer.Option("--native", help="Check for the native lab only (no Docker).")
+    ] = False,
+    offline: Annotated[
+        bool, typer.Option(help="Also check the wheels and images a room without internet needs.")
+    ] = False,
+    lab: Annotated[
+        bool, typer.Option("--lab/--no-lab", help="Bring the native lab up and verify it.")
+    ] = True,
+    duration: Annotated[
+        int, typer.Option(help="Seconds of load for each drill's clean baseline.", min=5)
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+    root: RootOption = None,
+) -> None:
+    """The evening before: is this machine ready for the day? Says what to fix, in plain words."""
+    import json
+
+    from drill import preflight as checks
+
+    config = _config(root)
+    options = checks.Options(
+        native_only=native_only, offline=offline, lab=lab, verify_seconds=duration
+    )
+    done = []
+    table = Table("check", "result", "found", "what to do")
+    for column in table.columns:
+        column.overflow = "fold"  # a URL or a command stays whole to copy, if wrapped
+    colour = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+    for check in checks.run(config, options):
+        done.append(check)
+        if not as_json:
+            errors.print(f"{check.name}: {check.status}", highlight=False, markup=False)
+        table.add_row(
+            escape(check.name),
+            f"[{colour[check.status]}]{check.status}[/]",
+            escape(check.detail),
+            escape(check.fix),
+        )
+    if as_json:
+        typer.echo(json.dumps([checks.as_dict(c) for c in done], indent=2))
+    else:
+        console.print(table)
+        failed = [c.name for c in done if c.status == "fail"]
+        verdict = f"not ready: fix {', '.join(failed)}" if failed else "ready for the day"
+        console.print(verdict, highlight=False, markup=False)
+    raise typer.Exit(0 if checks.passed(done) else 1)
+
+
 def main() -> None:
     app()
 
