@@ -49,9 +49,20 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _let_others_read(directory: Path) -> None:
+    """The compose lab's containers read the flags as another user (uid 10001) through a bind
+    mount of this directory: it must let others in whatever the umask (with 077, flips never
+    arrived, and only a gauge at 0 said so). The flags are not secret; the runner's token files
+    keep their own 0600."""
+    mode = directory.stat().st_mode & 0o777
+    if mode & 0o005 != 0o005:
+        directory.chmod(mode | 0o005)
+
+
 def write_document(path: Path, document: Mapping[str, Any]) -> None:
     """Write a flagd document so that readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _let_others_read(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=".flags-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:

@@ -201,6 +201,22 @@ def test_state_writes_leave_no_temp_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [".flags.lock", "flags.json"]
 
 
+def test_flags_stay_readable_by_the_containers_user_under_umask_077(tmp_path: Path) -> None:
+    """The compose lab's containers read the state as another user: whatever the umask, a flip
+    leaves the state directory enterable and listable by others, and flags.json readable."""
+    import os
+    import stat
+
+    state = tmp_path / "state"
+    old = os.umask(0o077)
+    try:
+        set_flags(state, CATALOG, {"ledger.fx_conversion": ("on", None)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(state.stat().st_mode) & 0o005 == 0o005
+    assert stat.S_IMODE(state_path(state).stat().st_mode) & 0o004
+
+
 def test_an_unknown_injection_point_is_rejected_with_the_flag(tmp_path: Path) -> None:
     """A catalog entry that asks the kit to inject somewhere it cannot is named in the error."""
     bad = tmp_path / "flags.json"
