@@ -27,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,16 @@ def _run(
 def _last_line(done: subprocess.CompletedProcess[str]) -> str:
     lines = (done.stderr or done.stdout or "").strip().splitlines()
     return lines[-1] if lines else f"exit {done.returncode}"
+
+
+def _error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The CLI's own error line (`error: ...`, or typer's usage error), not a box's border."""
+    text = f"{done.stderr}\n{done.stdout}"
+    for line in text.splitlines():
+        stripped = line.strip(" │╭╮╰╯─")
+        if stripped.startswith(("error:", "Error", "Invalid", "No such", "Missing")):
+            return stripped
+    return _last_line(done)
 
 
 # -- the machine --------------------------------------------------------------------------------
@@ -315,7 +326,7 @@ def lab_checks(config: native.LabConfig, seconds: int) -> Iterator[Check]:
         up = _drill(config, "up", "--native", timeout=180)
         if up is None or up.returncode != 0:
             yield Check(
-                "lab", "fail", f"drill up --native failed: {_last_line(up) if up else 'timeout'}",
+                "lab", "fail", f"drill up --native failed: {_error_line(up) if up else 'timeout'}",
                 "read .drill/logs/<service>.log, fix, and run drill preflight again",
             )  # fmt: skip
             return
@@ -340,16 +351,18 @@ def lab_checks(config: native.LabConfig, seconds: int) -> Iterator[Check]:
 
 def verify_baseline(config: native.LabConfig, scenario: str, seconds: int) -> Check:
     name = f"verify {scenario}"
-    done = _drill(
-        config, "verify", scenario, "--baseline", "--duration", str(seconds), "--json",
-        timeout=seconds + 300,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="drill-preflight-") as scratch:
+        out = Path(scratch) / "result.json"
+        done = _drill(
+            config, "verify", scenario, "--baseline", "--duration", str(seconds),
+            "--json", str(out), timeout=seconds + 300,
+        )  # fmt: skip
+        try:
+            result = json.loads(out.read_text())
+        except (OSError, json.JSONDecodeError):
+            result = None
     if done is None:
         return Check(name, "fail", "drill verify did not finish", "drill verify by hand says why")
-    try:
-        result = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        result = None
     if done.returncode == 0 and isinstance(result, dict):
         return Check(name, "ok", f"clean baseline passed ({seconds} s of load)")
     if done.returncode == 1 and isinstance(result, dict):
@@ -357,9 +370,9 @@ def verify_baseline(config: native.LabConfig, scenario: str, seconds: int) -> Ch
         return Check(
             name, "fail", f"the clean baseline missed: {', '.join(missed) or '?'}",
             "this machine may be slower than the slowest supported one (two vCPUs), or busy: "
-            "close other programs and run drill verify " f"{scenario} --baseline to see the table",
+            f"close other programs and run drill verify {scenario} --baseline to see the table",
         )  # fmt: skip
-    return Check(name, "fail", f"could not run: {_last_line(done)}", "drill status, then retry")
+    return Check(name, "fail", f"could not run: {_error_line(done)}", "drill status, then retry")
 
 
 def run(config: native.LabConfig, options: Options) -> Iterator[Check]:
