@@ -239,3 +239,25 @@ def test_flags_list_with_a_bad_catalog_names_the_file_and_place(
     assert str(root / "faults" / "flags.json") in result.output
     assert place in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_up_with_docker_starts_the_compose_lab(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`drill up` with a Docker engine runs `docker compose up --detach --wait`, with --only
+    naming the containers that run those services."""
+    from drill import compose
+
+    calls: list[tuple[str, ...]] = []
+
+    def fake_compose(config: object, *args: str, timeout: float = 60.0) -> object:
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(compose, "engine_available", lambda: True)
+    monkeypatch.setattr(compose, "_compose", fake_compose)
+    result = runner.invoke(app, ["up", "--only", "chain-b", "--only", "ledger"])
+    assert result.exit_code == 0, result.output
+    assert calls == [("up", "--detach", "--wait", "chain", "ledger")]
+    assert runner.invoke(app, ["up"]).exit_code == 0
+    assert calls[-1] == ("up", "--detach", "--wait")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -204,10 +205,10 @@ def this_run(events: tuple[Event, ...]) -> list[Event]:
 def lab_locusts(root: Path) -> dict[int, str]:
     """The running Locust processes on one of this lab tree's locustfiles: pid, command line."""
     found = {}
-    for entry in Path("/proc").iterdir():
-        command = processes.cmdline(int(entry.name)) if entry.name.isdigit() else None
+    for pid in psutil.pids():
+        command = processes.cmdline(pid)
         if command and "locust" in command and str(root / "loadtests") in command:
-            found[int(entry.name)] = command
+            found[pid] = command
     return found
 
 
