@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 from _lab import header, median, percentile, print_table, running_lab
 
 from drill import machine, native
@@ -113,22 +114,18 @@ class Verified:
 
 def _cpu_seconds(pid: int) -> float | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return times.user + times.system
 
 
 def _locust_pids(root: Path) -> list[int]:
     pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "locust" in cmd and str(root) in cmd and "drill.cli" not in cmd:
-                pids.append(int(entry.name))
+    for process in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(process.info["cmdline"] or ())
+        if "locust" in cmd and str(root) in cmd and "drill.cli" not in cmd:
+            pids.append(process.pid)
     return pids
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psutil
 from _lab import HOST, Lab, backend_note, free_port, header, median, print_table, running_lab
 from sqlalchemy import text
 
@@ -180,15 +181,14 @@ class LabOutcome:
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User plus system CPU time of a process, from /proc (NaN where there is none)."""
+    """User plus system CPU time of a process (NaN where there is none)."""
     if pid is None:
         return math.nan
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return math.nan
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return times.user + times.system
 
 
 def run_wrk(script: Path, url: str, seconds: int, pid: int | None = None) -> WrkRun:

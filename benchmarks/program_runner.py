@@ -54,8 +54,8 @@ from _lab import (
     running_lab,
 )
 
-from drill import native
 from drill.agenda import format_clock
+from drill.lab import processes
 from drill.program.api import RUNNER_PORT
 from drill.program.clock import ProgramClock
 from drill.program.journal import Event, Journal
@@ -138,9 +138,9 @@ def program_running(lab: Lab, *start_args: str) -> Iterator[tuple[int, ProgramCl
                 print(f"drill program stop exited {stopped.returncode}: {stopped.stderr.strip()}")
         finally:
             for pid in sorted(seen):
-                command = native._cmdline(pid) or ""
+                command = processes.cmdline(pid) or ""
                 # Still ours (a reused pid runs something else): the runner or a Locust.
-                if native._alive(pid) and ("drill.program" in command or "locust" in command):
+                if processes.alive(pid) and ("drill.program" in command or "locust" in command):
                     print(f"pid {pid} survived `drill program stop`; killing it")
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)

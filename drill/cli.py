@@ -1,27 +1,29 @@
-"""drill: the instructor's and CI's command line for the lab."""
+"""drill: the instructor's and CI's command line for the lab.
+
+Start-up is part of the interface: `drill flags set` acts in front of a room. This module
+imports only typer, rich, the lab model and the flag files; a command imports what else it
+needs (HTTP, the native and compose labs, scenarios, verify) when it runs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from drill import compose, native, solutions
-from drill.agenda import format_clock
-from drill.scenarios import ScenarioFileError, load_program
-from drill.verify import VerifyError, VerifyResult, run_verify
+from drill.lab.model import HOST, SERVICES, LabConfig, LabError, ServiceStatus, find_root
 from faults import (
     DEFAULT,
     INSTRUCTOR,
     LAYERS,
     Catalog,
+    CatalogError,
     FlagStateError,
     clear_layer,
     describe,
@@ -31,11 +33,28 @@ from faults import (
     targets,
 )
 
-app = typer.Typer(help="Run the 3 A.M. Drill lab: start it, flip its flags, verify fixes.")
-flags_app = typer.Typer(help="List and flip the lab's flags (the instructor's switches).")
-solutions_app = typer.Typer(help="Apply or revert a reference fix from solutions/.")
+if TYPE_CHECKING:
+    from drill.verify import VerifyResult
+
+app = typer.Typer(
+    help="Run the 3 A.M. Drill lab: start it, flip its flags, verify fixes.", no_args_is_help=True
+)
+flags_app = typer.Typer(
+    help="List and flip the lab's flags (the instructor's switches).", no_args_is_help=True
+)
+solutions_app = typer.Typer(
+    help="Apply or revert a reference fix from solutions/.", no_args_is_help=True
+)
 app.add_typer(flags_app, name="flags")
-app.add_typer(solutions_app, name="solution")
+app.add_typer(solutions_app, name="solutions")
+# The singular was the command's first name: participants' scripts and old notes still use it.
+app.add_typer(
+    solutions_app,
+    name="solution",
+    hidden=True,
+    deprecated=True,
+    help="Deprecated: `drill solutions`.",
+)
 program_app = typer.Typer(
     help="Run the workshop's program: its clock, phases, flags and background traffic.",
     no_args_is_help=True,
@@ -68,18 +87,45 @@ def _instructors_module(name: str, what_to_do: str) -> Any:
         raise _fail(f"this tree is a participant kit: {what_to_do}") from None
 
 
-def _config(root: Path | None) -> native.LabConfig:
+def _config(root: Path | None) -> LabConfig:
     try:
-        return native.LabConfig.from_env(root)
-    except native.LabError as exc:
+        return LabConfig.from_env(root)
+    except LabError as exc:
         raise _fail(str(exc)) from None
 
 
-def _print_status(rows: list[native.ServiceStatus]) -> None:
+def _catalog(config: LabConfig) -> Catalog:
+    """The lab's flag catalog (its faults/flags.json), or a clear error naming the bad place."""
+    path = config.root / "faults" / "flags.json"
+    try:
+        return load_catalog(path) if path.is_file() else load_catalog()
+    except CatalogError as exc:
+        raise _fail(f"bad flag catalog: {exc}") from None
+
+
+def _seconds(value: str) -> float:
+    """A duration option: 60s, 2m, 1.5m or 90 (seconds), as scenarios.yaml writes them."""
+    from drill.scenarios import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        message = str(exc)
+        raise typer.BadParameter(
+            message if repr(value) in message else f"{value!r}: {message}"
+        ) from None
+    if seconds < 1:
+        raise typer.BadParameter(f"{value!r}: at least 1s")
+    return seconds
+
+
+def _print_status(rows: list[ServiceStatus]) -> None:
     table = Table("service", "url", "pid", "state")
     for row in rows:
-        state = "[green]ready[/green]" if row.ready else f"[red]{row.detail or 'down'}[/red]"
-        table.add_row(row.name, row.url, str(row.pid or "-"), state)
+        state = (
+            "[green]ready[/green]" if row.ready else f"[red]{escape(row.detail or 'down')}[/red]"
+        )
+        table.add_row(escape(row.name), escape(row.url), str(row.pid or "-"), state)
     console.print(table)
 
 
@@ -91,24 +137,38 @@ def up(
     only: Annotated[list[str] | None, typer.Option("--only", help="Start just these.")] = None,
     root: RootOption = None,
 ) -> None:
-    """Start the lab."""
-    if not native_lab:
+    """Start the lab: compose when a Docker engine answers; --native: local processes."""
+    config = _config(root)
+    if native_lab:
+        from drill import native
+
+        try:
+            _print_status(native.up(config, only=only))
+        except LabError as exc:
+            raise _fail(str(exc)) from None
+        return
+    from drill import compose
+
+    if not compose.engine_available():
         raise _fail(
-            "drill does not start the compose lab: run `docker compose up -d` (or start the "
-            "native lab with `drill up --native`)"
+            "no Docker engine answers here (`docker info`), so the compose lab cannot start; "
+            "start the native lab instead, which needs no Docker: drill up --native"
         )
     try:
-        _print_status(native.up(_config(root), only=only))
-    except native.LabError as exc:
+        started = compose.up(config, only or [])
+    except compose.ComposeError as exc:
         raise _fail(str(exc)) from None
+    console.print(f"compose lab up: {', '.join(started)}", highlight=False)
 
 
 @app.command()
 def down(root: RootOption = None) -> None:
     """Stop exactly what `drill up --native` started."""
+    from drill import native
+
     try:
         stopped = native.down(_config(root))
-    except native.LabError as exc:
+    except LabError as exc:
         raise _fail(str(exc)) from None
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
@@ -116,7 +176,12 @@ def down(root: RootOption = None) -> None:
 @app.command()
 def status(root: RootOption = None) -> None:
     """Show each service's process and readiness."""
-    rows = native.status(_config(root))
+    from drill import native
+
+    try:
+        rows = native.status(_config(root))
+    except LabError as exc:
+        raise _fail(str(exc)) from None
     _print_status(rows)
     if not all(row.ready for row in rows):
         raise typer.Exit(1)
@@ -128,13 +193,15 @@ def restart(
     root: RootOption = None,
 ) -> None:
     """Restart services, e.g. after changing their code (the compose lab's containers too)."""
+    from drill import compose, native
+
     config = _config(root)
     try:
         if compose.use_compose(config):
             _print_status(compose.restart(config, services or []))
         else:
-            _print_status(native.restart(config, services or list(native.SERVICES)))
-    except (native.LabError, compose.ComposeError) as exc:
+            _print_status(native.restart(config, services or list(SERVICES)))
+    except (LabError, compose.ComposeError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -143,10 +210,12 @@ def serve(
     services: Annotated[list[str], typer.Argument(help="Services or groups, e.g. chain.")],
     host: Annotated[
         str, typer.Option(help="Interface to listen on; 0.0.0.0 inside a container.")
-    ] = native.HOST,
+    ] = HOST,
     root: RootOption = None,
 ) -> None:
     """Run services in the foreground (a compose container's command); exit when one exits."""
+    from drill import compose
+
     try:
         code = compose.serve(_config(root), services, host=host)
     except compose.ComposeError as exc:
@@ -158,20 +227,26 @@ def serve(
 def flags_list(root: RootOption = None) -> None:
     """Every flag, its live variant, the layer it comes from and what it does."""
     config = _config(root)
-    catalog = load_catalog()
-    live = live_flags(config.state_dir, catalog)
+    catalog = _catalog(config)
+    try:
+        live = live_flags(config.state_dir, catalog)
+    except FlagStateError as exc:
+        raise _fail(str(exc)) from None
     table = Table("flag", "live", "from", "variants", "description")
     for key, spec in catalog.flags.items():
         variant, value, share = describe(live[key].definition)
         shown = f"{variant} ({value!r})" + (f" for {share:g}%" if share is not None else "")
         # A decoy's flag is limited to a service (and route).
         shown += "".join(f" {k}={v}" for k, v in targets(live[key].definition).items())
+        shown = escape(shown)
         if variant != spec.default_variant:
             shown = f"[yellow]{shown}[/yellow]"
         source = live[key].layer
         if live[key].by not in (None, "", source):
             source += f" ({live[key].by})"
-        table.add_row(key, shown, source, ", ".join(spec.variants), spec.description)
+        table.add_row(
+            key, shown, escape(source), escape(", ".join(spec.variants)), escape(spec.description)
+        )
     console.print(table)
     console.print(
         f"layers, later wins: {' < '.join(LAYERS)}; `drill flags set` and `reset` change only "
@@ -191,7 +266,7 @@ def flags_set(
 ) -> None:
     """Set FLAG to VARIANT in the instructor's layer (services pick it up within a second)."""
     config = _config(root)
-    catalog = load_catalog()
+    catalog = _catalog(config)
     try:
         set_layer_flags(
             config.state_dir, catalog, INSTRUCTOR, {flag: (variant, percent)}, by=INSTRUCTOR
@@ -200,7 +275,7 @@ def flags_set(
         raise _fail(str(exc).strip('"')) from None
     _journal_flags(config, {flag: (variant, percent)})
     share = f" for {percent:g}%" if percent is not None else ""
-    console.print(f"{flag} = {variant}{share}")
+    console.print(f"{flag} = {variant}{share}", markup=False, highlight=False)
     _note_held(config, catalog, [flag])
 
 
@@ -217,7 +292,7 @@ def flags_reset(
 ) -> None:
     """Take back the instructor's flags; the program's and a verify run's stand."""
     config = _config(root)
-    catalog = load_catalog()
+    catalog = _catalog(config)
     layers = LAYERS if every_layer else (INSTRUCTOR,)
     try:
         for layer in layers:
@@ -231,7 +306,7 @@ def flags_reset(
 
 
 def _journal_flags(
-    config: native.LabConfig,
+    config: LabConfig,
     changes: Mapping[str, tuple[str, float | None]],
     layer: str = INSTRUCTOR,
 ) -> None:
@@ -246,7 +321,7 @@ def _journal_flags(
 
 
 def _note_held(
-    config: native.LabConfig, catalog: Catalog, keys: list[str], *, only_on: bool = False
+    config: LabConfig, catalog: Catalog, keys: list[str], *, only_on: bool = False
 ) -> None:
     """Say which of these flags another layer decides, so the instructor is not surprised."""
     live = live_flags(config.state_dir, catalog)
@@ -262,6 +337,8 @@ def _note_held(
 @app.command()
 def scenarios(root: RootOption = None) -> None:
     """Check scenarios.yaml and list its scenarios."""
+    from drill.scenarios import ScenarioFileError, load_program
+
     config = _config(root)
     try:
         program = load_program(config.root / "scenarios.yaml")
@@ -292,7 +369,7 @@ def guardrails(
         "the guardrails arrive in phase 4 (the instructor's `drill pack phase4`)",
     )
     try:
-        report = checks.run(root or native.find_root(Path.cwd()), paths or [])
+        report = checks.run(root or find_root(Path.cwd()), paths or [])
     except checks.GuardrailsError as exc:
         raise _fail(str(exc)) from None
     for finding in report.findings:
@@ -332,8 +409,10 @@ def _print_result(result: VerifyResult) -> None:
     )
     for check in result.checks:
         if check.kind == "latency" and check.basis:
-            console.print(f"  {check.name}: {' '.join(check.basis.split())}", highlight=False)
-    console.print(f"run artifacts: {result.run_dir}")
+            console.print(
+                f"  {check.name}: {' '.join(check.basis.split())}", markup=False, highlight=False
+            )
+    console.print(f"run artifacts: {result.run_dir}", markup=False)
 
 
 @app.command()
@@ -343,7 +422,12 @@ def verify(
         bool, typer.Option("--baseline", help="Every trigger off: the clean baseline.")
     ] = False,
     duration: Annotated[
-        float | None, typer.Option(help="Seconds of load (default: the scenario's).", min=1)
+        float | None,
+        typer.Option(
+            help="How long to load: 60s, 2m or 90 (seconds); default: the scenario's.",
+            parser=_seconds,
+            metavar="DURATION",
+        ),
     ] = None,
     users: Annotated[int | None, typer.Option(help="Locust users.", min=1)] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
@@ -360,6 +444,9 @@ def verify(
     root: RootOption = None,
 ) -> None:
     """Prove a fix: load with the triggers on, check the SLAs. Exit 0 pass, 1 missed, 2 no run."""
+    from drill.scenarios import ScenarioFileError
+    from drill.verify import VerifyError, run_verify
+
     config = _config(root)
     try:
         result = run_verify(
@@ -387,7 +474,7 @@ def verify(
     console.print("[green]all SLAs met[/green]")
 
 
-def _submit(config: native.LabConfig, result: VerifyResult) -> None:
+def _submit(config: LabConfig, result: VerifyResult) -> None:
     import json
 
     from drill.program.team_client import Scoreboard, TeamClientError
@@ -410,7 +497,11 @@ def seed(
     root: RootOption = None,
 ) -> None:
     """Reseed the feed's users, follows and posts (the running feed service does it)."""
-    url = native.endpoints(_config(root)).get("feed")
+    import httpx
+
+    from drill.lab.model import endpoints
+
+    url = endpoints(_config(root)).get("feed")
     if url is None:
         raise _fail("this lab has no feed service")
     try:
@@ -447,6 +538,7 @@ def evidence(
 ) -> None:
     """Write the phase 3 evidence bundle (Markdown): symptom, claim, spans, metrics, logs, code."""
     from drill import evidence as bundle_sources
+    from drill.scenarios import ScenarioFileError
 
     config = _config(root)
     try:
@@ -462,7 +554,7 @@ def evidence(
         bundle_sources.write_bundle(out, bundle.markdown())
     except OSError as exc:
         raise _fail(f"could not write {out}: {exc}") from None
-    console.print(f"evidence bundle written to {out}", highlight=False)
+    console.print(f"evidence bundle written to {out}", markup=False, highlight=False)
     for line in bundle.summary():
         console.print(f"  {line}", highlight=False, markup=False)
 
@@ -470,6 +562,8 @@ def evidence(
 @solutions_app.command("apply")
 def solution_apply(name: str, root: RootOption = None) -> None:
     """Apply solutions/NAME.patch to the service code (then `drill restart`)."""
+    from drill import solutions
+
     try:
         solutions.apply(_config(root).root, name)
     except solutions.SolutionError as exc:
@@ -480,6 +574,8 @@ def solution_apply(name: str, root: RootOption = None) -> None:
 @solutions_app.command("revert")
 def solution_revert(name: str, root: RootOption = None) -> None:
     """Take solutions/NAME.patch back out."""
+    from drill import solutions
+
     try:
         solutions.apply(_config(root).root, name, reverse=True)
     except solutions.SolutionError as exc:
@@ -547,7 +643,9 @@ def program_start(
     root: RootOption = None,
 ) -> None:
     """Start the program's runner (in the background unless --foreground); resumes a crashed run."""
+    from drill.agenda import format_clock
     from drill.program import control, runner
+    from drill.scenarios import ScenarioFileError
 
     config = _config(root)
     try:
@@ -600,7 +698,9 @@ def program_status(
 
 
 def _clock_command(action: str, target: str | None, root: Path | None) -> None:
+    from drill.agenda import format_clock
     from drill.program import control, runner
+    from drill.scenarios import ScenarioFileError
 
     config = _config(root)
     try:
@@ -645,6 +745,7 @@ def program_goto(
 def program_stop(root: RootOption = None) -> None:
     """Stop the runner; every program flag off, traffic stopped (without a runner: done here)."""
     from drill.program import control, runner
+    from drill.scenarios import ScenarioFileError
 
     config = _config(root)
     try:
@@ -659,10 +760,11 @@ teams_app = typer.Typer(help="The workshop's teams and their tokens.", no_args_i
 program_app.add_typer(teams_app, name="teams")
 
 
-def _workshop(config: native.LabConfig) -> Any:
+def _workshop(config: LabConfig) -> Any:
     from drill.program.journal import Journal
     from drill.program.runner import ProgramFiles, load
     from drill.program.teams import Workshop
+    from drill.scenarios import ScenarioFileError
 
     files = ProgramFiles.of(config.state_dir)
     try:
@@ -771,7 +873,7 @@ def program_scoreboard(root: RootOption = None) -> None:
     console.print("* within the dark room's minutes", highlight=False)
 
 
-def _scoreboard(config: native.LabConfig) -> Any:
+def _scoreboard(config: LabConfig) -> Any:
     from drill.program.team_client import Scoreboard
 
     return Scoreboard.from_env(config.port_offset)
@@ -819,6 +921,7 @@ def hint(
 ) -> None:
     """Take your team's next hint on a scenario (it costs points), through the runner."""
     from drill.program.team_client import TeamClientError, local_hints
+    from drill.scenarios import ScenarioFileError, load_program
 
     config = _config(root)
     board = _scoreboard(config)
@@ -826,7 +929,7 @@ def hint(
         if show:
             opened = board.call("GET", f"/hints/{scenario}")
             for item in opened["hints"]:
-                console.print(f"hint {item['hint']}: {item['text']}", highlight=False)
+                console.print(f"hint {item['hint']}: {item['text']}", markup=False, highlight=False)
             following = opened["next"]
             if following:
                 console.print(f"next: hint {following['hint']} for {following['cost']} points")
@@ -840,13 +943,15 @@ def hint(
         except ScenarioFileError as error:
             raise _fail(str(error)) from None
         local = None if show else local_hints(config.state_dir, scenario, program.hints)
-        errors.print(f"{exc}; this lab's own hints, not scored:", highlight=False)
+        errors.print(f"{exc}; this lab's own hints, not scored:", markup=False, highlight=False)
         if local is None:
             raise _fail(f"no more hints on {scenario}") from None
-        console.print(f"hint {local[0]}: {local[1]}", highlight=False)
+        console.print(f"hint {local[0]}: {local[1]}", markup=False, highlight=False)
         return
     console.print(
-        f"hint {taken['hint']} ({taken['cost']} points): {taken['text']}", highlight=False
+        f"hint {taken['hint']} ({taken['cost']} points): {taken['text']}",
+        markup=False,
+        highlight=False,
     )
 
 
@@ -872,6 +977,7 @@ def postmortem(
 ) -> None:
     """Draft a blameless post-mortem: timeline and figures from the journal and verify runs."""
     from drill.postmortem import PostmortemError, draft
+    from drill.scenarios import ScenarioFileError
 
     config = _config(root)
     try:
@@ -880,7 +986,9 @@ def postmortem(
         raise _fail(str(exc)) from None
     path = out or Path(f"postmortem-{team}-{scenario}.md")
     path.write_text(text)
-    console.print(f"wrote {path}: fill in the prompts (> ...) with your team", highlight=False)
+    console.print(
+        f"wrote {path}: fill in the prompts (> ...) with your team", markup=False, highlight=False
+    )
 
 
 pack_app = typer.Typer(help="Build what participants get (instructors).", no_args_is_help=True)
@@ -962,7 +1070,7 @@ def report(
         written = write_report(config, out or default_out(fmt), fmt, seconds, probe=probe)
     except ReportError as exc:
         raise _fail(str(exc)) from None
-    console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
+    console.print(f"wrote {', '.join(map(str, written))}", markup=False, highlight=False)
 
 
 @app.command()

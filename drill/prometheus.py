@@ -12,8 +12,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 NAME = "prometheus"
 PORT = 9090
 READY_PATH = "/-/ready"
@@ -40,6 +38,8 @@ def native_config(source: Path, targets: dict[str, str], self_target: str) -> di
     Rule file globs become absolute (the generated file lives elsewhere). A job that is
     neither a lab service nor Prometheus itself is an error: the native lab could not scrape it.
     """
+    import yaml  # here, not at import: the lab model reads this module's constants
+
     try:
         document = yaml.safe_load(source.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -68,6 +68,8 @@ def write_native_config(
     source: Path, destination: Path, targets: dict[str, str], self_target: str
 ) -> None:
     """Write the native config for source to destination (atomically)."""
+    import yaml
+
     document = native_config(source, targets, self_target)
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_suffix(".tmp")

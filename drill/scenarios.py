@@ -81,21 +81,27 @@ SERVICE_FIGURES = frozenset(
     }
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# "ms" before "m": 250ms is a quarter second, not 250 minutes and an s.
+_SPAN = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from 90, "90s", "1.5m" or "250ms"."""
+    """Seconds from 90, "90s", "1.5m", "250ms" or "1h30m": scenarios.yaml's and the CLI's."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 60s or 2m")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value))
-        if not match:
+        text = str(value).strip().replace(" ", "")
+        spans = _SPAN.findall(text)
+        if _NUMBER.fullmatch(text):
+            seconds = float(text)
+        elif text and "".join(number + unit for number, unit in spans) == text:
+            seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in spans)
+        else:
             raise ValueError(f"expected a duration such as 60s or 2m, got {value!r}")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds <= 0:
         raise ValueError("a duration must be positive")
     return seconds

@@ -1,4 +1,10 @@
-"""The lab's flags: the catalog, the live state file, and typed evaluation for services."""
+"""The lab's flags: the catalog, the live state file, and typed evaluation for services.
+
+`Flags` (OpenFeature, OpenTelemetry, Prometheus) loads on first use: `drill flags set` reads
+and writes the files and must not pay for the services' client.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from faults._catalog import (
     CATALOG_PATH,
@@ -10,7 +16,6 @@ from faults._catalog import (
     decoy_flag,
     load_catalog,
 )
-from faults._client import Flags
 from faults._layers import (
     DEFAULT,
     INSTRUCTOR,
@@ -41,6 +46,18 @@ from faults._state import (
     targets,
     write_document,
 )
+
+if TYPE_CHECKING:
+    from faults._client import Flags
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Flags":
+        from faults._client import Flags
+
+        return Flags
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CATALOG_PATH",

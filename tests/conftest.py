@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "DRILL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # pytest-xdist's workers run with COLUMNS=80 in their environment. Rich reads COLUMNS once,
 # when the CLI's consoles are made at import, and would keep 80 columns for every test; without
@@ -31,27 +27,15 @@ def need_server(what: str, how_to_start: str) -> None:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh Postgres database for this test run, dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
+    from drill.lab import harness
 
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"drill_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError:
-        admin.dispose()
+    if not harness.postgres_reachable():
         need_server(
-            "Postgres at 127.0.0.1:5432",
+            f"Postgres at {harness.ADMIN_DATABASE_URL}",
             "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
         )
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with harness.temporary_database("drill_test") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""Native labs for the drill tests: a copied tree, its own ports and database, the real CLI."""
+"""Native labs for the drill tests: a copied tree, its own ports and database, the real CLI.
+
+The lab environment and the databases come from drill.lab.harness, which the benchmarks use too.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from drill.lab.harness import drop_database, fresh_database, lab_env
 
-from drill.native import free_port_offset
-from tests.conftest import POSTGRES_ADMIN_URL
+__all__ = [
+    "DRILL",
+    "check_results",
+    "drop_database",
+    "explain",
+    "fresh_database",
+    "lab_env",
+    "run_drill",
+    "verify",
+]
 
 DRILL = [sys.executable, "-m", "drill.cli"]
 
@@ -25,45 +36,6 @@ def run_drill(
         [*DRILL, *args, "--root", str(root)],
         env=env, cwd=root, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-
-
-def lab_env(
-    root: Path, *, database_url: str | None = None, redis_url: str | None = None
-) -> dict[str, str]:
-    """The environment of a lab under root: its state dir, free ports, no stray endpoints."""
-    env = {
-        **os.environ,
-        "DRILL_STATE_DIR": str(root / ".drill"),
-        "DRILL_PORT_OFFSET": str(free_port_offset()),
-    }
-    for key, value in (
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
-        ("DATABASE_URL", database_url),
-        ("REDIS_URL", redis_url),
-    ):
-        if value:
-            env[key] = value
-        else:
-            env.pop(key, None)
-    return env
-
-
-def _admin(*statements: str) -> None:
-    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        for statement in statements:
-            conn.execute(text(statement))
-    engine.dispose()
-
-
-def fresh_database(name: str) -> str:
-    """An empty Postgres database called name (dropped first if left over); its URL."""
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
-    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-def drop_database(name: str) -> None:
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def verify(root: Path, env: dict[str, str], scenario: str, *args: str) -> tuple[int, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -406,28 +407,24 @@ def _output(process: subprocess.Popen[str]) -> str:
 
 
 def _children(pid: int) -> dict[int, str]:
-    """The direct children of pid and their command lines, from /proc."""
+    """The direct children of pid and their command lines."""
     found: dict[int, str] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return found
+    for child in children:
         try:
-            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
-            if ppid == pid:
-                child = int(stat.parent.name)
-                found[child] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError, IndexError):
+            found[child.pid] = " ".join(child.cmdline())
+        except psutil.Error:
             continue
     return found
 
 
 def _gone(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return True
 
 
@@ -507,9 +504,9 @@ def test_serve_one_service_becomes_its_uvicorn(tmp_path: Path) -> None:
     process = _serve(offset, tmp_path / "state", "profiles")
     try:
         _wait_ready(process, [f"http://127.0.0.1:{8022 + offset}"])
-        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        assert b"uvicorn services.profiles.app:create_app" in cmdline
-        assert b"drill.cli" not in cmdline
+        cmdline = " ".join(psutil.Process(process.pid).cmdline())
+        assert "uvicorn services.profiles.app:create_app" in cmdline
+        assert "drill.cli" not in cmdline
         assert _children(process.pid) == {}
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down, then re-raises the signal (0.29 on): killed by SIGTERM, cleanly.

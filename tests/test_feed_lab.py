@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,12 +31,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabConfig]:
 
 
 def drill(config: LabConfig, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DRILL_STATE_DIR": str(config.state_dir),
-        "DRILL_PORT_OFFSET": str(config.port_offset),
-    }
-    return run_drill(config.root, env, *args, timeout=120)
+    return run_drill(config.root, config.env(), *args, timeout=120)
 
 
 def test_feed_reaches_profiles_on_this_labs_port(lab: LabConfig) -> None:

@@ -259,7 +259,7 @@ def test_a_manifest_that_disagrees_with_the_wiring_is_reported(tmp_path: Path) -
     rules = {(f.path, f.rule) for f in findings}
     assert ("guardrails/peers.yaml", "peers-drift") in rules
     assert any(f.line == line and "ledger" in f.detail for f in findings)
-    assert ("drill/native.py", "peers-config") in rules
+    assert ("drill/lab/model.py", "peers-config") in rules
 
 
 def test_a_malformed_manifest_cannot_run(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from drill import native
+from drill.lab import model
 from drill.native import LabConfig, LabError, ServiceSpec, free_port_offset, port_free
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,7 +259,7 @@ def test_endpoints_default_lab_file_and_env_override(
 ) -> None:
     """endpoints uses default ports, then lab.json, then DRILL_<NAME>_URL."""
     monkeypatch.setattr(
-        native,
+        model,
         "SERVICES",
         {
             "ledger": ServiceSpec("ledger", "services.ledger.app:create_app", 8001),

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from drill import native
 from drill.agenda import Break, Phase, format_clock
+from drill.lab import processes
 from drill.program.clock import ProgramClock
 from drill.program.journal import Event, Journal
 from drill.program.plan import Wanted, wanted
@@ -203,10 +205,10 @@ def this_run(events: tuple[Event, ...]) -> list[Event]:
 def lab_locusts(root: Path) -> dict[int, str]:
     """The running Locust processes on one of this lab tree's locustfiles: pid, command line."""
     found = {}
-    for entry in Path("/proc").iterdir():
-        command = native._cmdline(int(entry.name)) if entry.name.isdigit() else None
+    for pid in psutil.pids():
+        command = processes.cmdline(pid)
         if command and "locust" in command and str(root / "loadtests") in command:
-            found[int(entry.name)] = command
+            found[pid] = command
     return found
 
 
@@ -410,7 +412,7 @@ def test_the_seeds_program_runs_end_to_end_on_a_real_lab(lab: Lab) -> None:
         assert shown.startswith(f"{catalog[key].default_variant} (") and source == "default", key
     pids = seen.locust_pids | {e.fields["pid"] for e in traffic_events if "pid" in e.fields}
     for pid in pids:
-        assert "locust" not in (native._cmdline(pid) or ""), f"Locust {pid} still runs"
+        assert "locust" not in (processes.cmdline(pid) or ""), f"Locust {pid} still runs"
     assert lab_locusts(lab.root) == {}
     assert not files.run.exists() and not files.clock.exists()
     assert "runner stopped: finished" in output

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from drill import native
 from drill.cli import app
+from drill.lab import processes
 from drill.program import control
 from drill.program.annotations import Annotator
 from drill.program.api import RUNNER_PORT, Board, create_app, interface_address
@@ -556,7 +557,7 @@ def test_background_traffic_runs_a_steady_locust_and_stops_within_two_seconds(
         stopped = traffic.reconcile(frozenset())
         assert time.monotonic() - began < 2.0
         assert [e.kind for e in stopped] == ["traffic_stopped"]
-        assert not native._alive(pid)
+        assert not processes.alive(pid)
     finally:
         traffic.stop_all()
         server.shutdown()
@@ -649,12 +650,12 @@ def test_the_runner_process_rolls_back_within_two_seconds_of_sigterm(
         wait_for(lambda: hits, "background traffic at the scenario's host", timeout=30)
         wait_for(lambda: len(files.traffic_records()) == 3, "a Locust per scenario")
         locusts = list(files.traffic_records().values())
-        assert program_layer(config) and all(native._alive(lo.pid) for lo in locusts)
+        assert program_layer(config) and all(processes.alive(lo.pid) for lo in locusts)
         process.send_signal(signal.SIGTERM)
         began = time.monotonic()
         wait_for(lambda: not program_layer(config), "the program layer to clear", timeout=2)
         wait_for(
-            lambda: not any(native._alive(lo.pid) for lo in locusts), "Locust to stop", timeout=2
+            lambda: not any(processes.alive(lo.pid) for lo in locusts), "Locust to stop", timeout=2
         )
         assert time.monotonic() - began < 2.0
         assert process.wait(timeout=5) == 0
@@ -808,9 +809,9 @@ def test_start_launches_a_detached_runner_that_stop_ends(
         )
         assert f"runner pid {started.pid}" in status.output and "4: post-mortem" in status.output
         assert "stopped and rolled back" in control.stop(lab)
-        assert not native._alive(started.pid)
+        assert not processes.alive(started.pid)
     finally:
-        if started.pid is not None and native._alive(started.pid):
+        if started.pid is not None and processes.alive(started.pid):
             os.kill(started.pid, signal.SIGKILL)
     assert program_layer(config) == {}
     assert events(config)[-1].kind == "program_stopped"

@@ -488,7 +488,7 @@ def test_report_on_a_native_lab_each_drill_shipped_then_fixed(
             ("circular-deadlock", "chain"),
             ("n-plus-one", "feed"),
         ):
-            drill("solution", "apply", solution)
+            drill("solutions", "apply", solution)
             drill("restart", service)
         for scenario, *args in loads:
             drill("verify", scenario, *args)

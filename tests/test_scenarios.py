@@ -123,6 +123,9 @@ def test_durations() -> None:
     assert parse_duration("1.5m") == 90
     assert parse_duration("250ms") == 0.25
     assert parse_duration(30) == 30
-    for bad in ("", "ten", "-5s", 0, True):
+    assert parse_duration("90") == 90
+    assert parse_duration("1h30m") == parse_duration("90m") == 5400
+    assert parse_duration("1m 30s") == 90
+    for bad in ("", "ten", "-5s", 0, True, "3h-1m", "5x", "m"):
         with pytest.raises(ValueError):
             parse_duration(bad)

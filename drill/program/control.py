@@ -20,6 +20,7 @@ from typing import Any
 
 from drill import native
 from drill.agenda import format_clock, parse_clock
+from drill.lab import processes
 from drill.program.api import listen_address
 from drill.program.clock import ProgramClock
 from drill.program.journal import Journal
@@ -220,7 +221,7 @@ def wait_ready(config: native.LabConfig, pid: int, timeout: float = READY_WAIT_S
                     f"{_tail(files)}\n`drill program stop` ends it"
                 )
             return
-        if not native._alive(pid):
+        if not processes.alive(pid):
             raise ProgramError(f"the runner exited before its first tick. {_tail(files)}")
         time.sleep(0.1)
     message = f"the runner (pid {pid}) has not ticked within {timeout:g} s; see {files.log}"
@@ -242,9 +243,9 @@ def stop(config: native.LabConfig, by: str = INSTRUCTOR, timeout: float = STOP_W
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while native._alive(pid) and time.monotonic() < deadline:
+        while processes.alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not native._alive(pid):
+        if not processes.alive(pid):
             return f"the runner (pid {pid}) stopped and rolled back"
         os.kill(pid, signal.SIGKILL)
     with files.locked():

@@ -32,6 +32,7 @@ from typing import Any
 
 from drill import native
 from drill.agenda import REVEAL_FLAG, Phase, format_clock
+from drill.lab import processes
 from drill.program.annotations import Annotator
 from drill.program.api import HOST, RUNNER_PORT, ApiServer, Board, create_app
 from drill.program.clock import ProgramClock
@@ -153,10 +154,10 @@ def runner_alive(files: ProgramFiles) -> int | None:
     pid = files.read_run().get("pid")
     if not isinstance(pid, int) or pid <= 1 or pid == os.getpid():
         return None
-    if not native._alive(pid):
+    if not processes.alive(pid):
         return None
     # A reused pid runs something else: ours names the drill program runner.
-    command = native._cmdline(pid) or ""
+    command = processes.cmdline(pid) or ""
     return pid if "drill" in command and "program" in command else None
 
 

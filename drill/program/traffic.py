@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from drill import machine, native
+from drill.lab import processes as procs
 from drill.scenarios import Program
 
 # A quarter of verify's users: a steady trickle that still shows each defect on the dashboards
@@ -82,9 +83,9 @@ def background_users(verify_users: int) -> int:
 
 def owned(process: TrafficProcess) -> bool:
     """Whether the recorded pid still runs our Locust (a reused pid runs something else)."""
-    if not native._alive(process.pid):
+    if not procs.alive(process.pid):
         return False
-    command = native._cmdline(process.pid)
+    command = procs.cmdline(process.pid)
     return command is not None and "locust" in command and process.locustfile in command
 
 
@@ -96,9 +97,9 @@ def stop_processes(processes: list[TrafficProcess], grace: float = STOP_GRACE_S)
         _signal_group(process.pid, signal.SIGTERM)
     for signum, wait in ((signal.SIGKILL, grace), (None, 1.0)):
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(native._alive(p.pid) for p in mine):
+        while time.monotonic() < deadline and any(procs.alive(p.pid) for p in mine):
             time.sleep(0.02)
-        mine = [process for process in mine if native._alive(process.pid)]
+        mine = [process for process in mine if procs.alive(process.pid)]
         if signum is not None:
             for process in mine:
                 _signal_group(process.pid, signum)

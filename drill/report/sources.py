@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from drill.program.journal import Event, Journal, journal_path
 from drill.report.model import Restart, VerifyRun, Window, from_epoch
+from drill.scenarios import parse_duration
 
 # The services each drill's fix is deployed to, when scenarios.yaml cannot be read.
 SCENARIO_SERVICES = {
@@ -25,20 +25,19 @@ SCENARIO_SERVICES = {
 }
 # verify writes result.json after collecting; before that, the load ran load_seconds from here.
 _SETTLE_S = 1.0
-_SINCE = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
-_UNIT = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
 def parse_since(text: str) -> float:
-    """Seconds from a span such as 3h, 90m, 1h30m or 45s (a unit is required)."""
-    compact = text.strip().lower().replace(" ", "")
-    parts = _SINCE.findall(compact)
-    if not compact or "".join(n + u for n, u in parts) != compact:
+    """Seconds from a span such as 3h, 90m, 1h30m or 45s, read as durations are everywhere
+    (drill.scenarios.parse_duration), except that a unit is required: `--since 3` is too
+    likely meant as hours to read as seconds."""
+    compact = text.strip().lower()
+    if not compact or compact[-1].isdigit():
         raise ValueError(f"expected a span such as 3h, 90m or 1h30m, not {text!r}")
-    seconds = sum(float(number) * _UNIT[unit] for number, unit in parts)
-    if seconds <= 0:
-        raise ValueError(f"the span must be longer than nothing, not {text!r}")
-    return seconds
+    try:
+        return parse_duration(compact)
+    except ValueError:
+        raise ValueError(f"expected a span such as 3h, 90m or 1h30m, not {text!r}") from None
 
 
 def read_journal(state_dir: Path) -> tuple[bool, tuple[Event, ...], tuple[str, ...]]:
