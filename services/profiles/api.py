@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from services.kit.app import FlagsDep
-from services.kit.errors import DomainError
+from services.kit.errors import DomainError, problems
 from services.profiles.metrics import PROFILES_SERVED, REJECTED
 from services.profiles.models import MAX_PROFILE_ID, ProfilePublic, ProfilesPublic, profile_of
 
@@ -53,7 +53,7 @@ async def _behave_like_the_real_api(request: Request, flags: FlagsDep) -> None:
         raise HTTPException(503, detail="profile backend unavailable")
 
 
-@router.get("/profiles/{profile_id}")
+@router.get("/profiles/{profile_id}", responses=problems(429, 503))
 async def get_profile(
     profile_id: ProfileIdPath, request: Request, flags: FlagsDep
 ) -> ProfilePublic:
@@ -62,7 +62,7 @@ async def get_profile(
     return profile_of(profile_id)
 
 
-@router.get("/profiles")
+@router.get("/profiles", responses=problems(429, 503))
 async def get_profiles(
     request: Request,
     flags: FlagsDep,
