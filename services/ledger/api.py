@@ -10,11 +10,12 @@ from sqlalchemy.orm import Session
 
 from services.kit.app import FlagsDep
 from services.kit.db import SessionDep
-from services.kit.errors import NotFound
+from services.kit.errors import NotFound, problems
 from services.ledger.metrics import POSTINGS
 from services.ledger.models import (
     ACCOUNT_ID_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
+    MAX_POSTING_ID,
     BalancePublic,
     BalancesPublic,
     ReconciliationPublic,
@@ -39,7 +40,25 @@ def account_balances(session: Session, account_id: str) -> dict[str, float]:
     return totals
 
 
-@router.post("/transactions", status_code=201)
+def _account_link(operation: str) -> dict[str, object]:
+    return {
+        "operationRef": f"#/paths/~1accounts~1{{account_id}}~1{operation}/get",
+        "parameters": {"account_id": "$response.body#/account_id"},
+    }
+
+
+@router.post(
+    "/transactions",
+    status_code=201,
+    responses={
+        201: {
+            "links": {
+                "GetBalances": _account_link("balances"),
+                "ListTransactions": _account_link("transactions"),
+            }
+        }
+    },
+)
 def post_transaction(
     body: TransactionCreate,
     request: Request,
@@ -80,7 +99,7 @@ def post_transaction(
     return TransactionPublic.of(tx)
 
 
-@router.get("/accounts/{account_id}/balances")
+@router.get("/accounts/{account_id}/balances", responses=problems(404))
 def get_balances(account_id: AccountPath, session: SessionDep) -> BalancesPublic:
     totals = account_balances(session, account_id)
     if not totals:
@@ -98,7 +117,9 @@ def get_balances(account_id: AccountPath, session: SessionDep) -> BalancesPublic
 def list_transactions(
     account_id: AccountPath,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="Return postings with id above this")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_POSTING_ID, description="Return postings with id above this")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> TransactionsPublic:
     rows = session.scalars(
