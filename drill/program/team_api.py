@@ -30,6 +30,7 @@ from drill.program.teams import (
     Workshop,
     trace_ids_in_logs,
 )
+from services.kit.admin import bearer_token
 from services.kit.errors import invalid_request, problem
 from services.kit.limits import BodyLimitMiddleware
 
@@ -99,11 +100,6 @@ def install(app: FastAPI, workshop: Workshop, notes_dir: Path, log_dir: Path) ->
     app.include_router(_router(notes_dir, log_dir))
 
 
-def _token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
 def _workshop(request: Request) -> Workshop:
     workshop: Workshop = request.app.state.workshop
     return workshop
@@ -113,7 +109,7 @@ WorkshopDep = Annotated[Workshop, Depends(_workshop)]
 
 
 def _caller(request: Request, workshop: WorkshopDep) -> Caller:
-    token = _token(request)
+    token = bearer_token(request)
     if token is None:
         raise Refused(401, "Token required", "send Authorization: Bearer <your team's token>")
     caller = workshop.caller(token)
@@ -169,7 +165,7 @@ def _router(notes_dir: Path, log_dir: Path) -> APIRouter:
         """Per team: points, root causes, hints, fixes; per scenario once reveal mode is on
         (or with the instructor's token)."""
         snapshot = _snapshot(request)
-        token = _token(request)
+        token = bearer_token(request)
         caller = workshop.caller(token) if token else None
         shows_all = _shows_all(snapshot) or (caller is not None and caller.role == "instructor")
         return room_board(full_board(workshop), shows_all)
