@@ -91,19 +91,7 @@ async def get_feed(
     return FeedPublic(user_id=user_id, posts=page)
 
 
-@router.get(
-    "/users",
-    responses={
-        200: {
-            "links": {
-                "GetFeed": {
-                    "operationRef": "#/paths/~1feed~1{user_id}/get",
-                    "parameters": {"user_id": "$response.body#/data/0/id"},
-                }
-            }
-        }
-    },
-)
+@router.get("/users")
 def list_users(
     session: SessionDep,
     after: Annotated[int, Query(ge=0, le=MAX_ID, description="Users with id above this")] = 0,

@@ -163,7 +163,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def document_problems(app: FastAPI) -> None:
     """Make the app's OpenAPI declare problem details for every error status it lists, and
-    413 for every request body (the body limit applies before validation)."""
+    400 and 413 for every request body (parsing and the body limit come before validation)."""
     generate: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -191,6 +191,8 @@ def _rewrite(schema: dict[str, Any]) -> None:
                 continue
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation:
+                # Before validation: a body that is not UTF-8 JSON text, or is over the limit.
+                responses.setdefault("400", {"description": "The body could not be parsed"})
                 responses.setdefault("413", {"description": phrase(413)})
             for status, response in responses.items():
                 if status[:1] in ("4", "5"):

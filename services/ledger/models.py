@@ -42,14 +42,22 @@ class Transaction(Base):
 Currency = Literal["USD", "EUR", "GBP", "CHF", "JPY"]
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
-# A plain decimal with at most two decimals (JPY: none), as parse_amount checks per currency.
-AMOUNT_PATTERN = r"^[0-9]{1,10}(\.[0-9]{1,2})?$"
+# What parse_amount accepts, as far as a pattern can say it: a plain decimal above zero and
+# below MAX_AMOUNT with at most two decimals; JPY_AMOUNT_PATTERN has none.
+AMOUNT_PATTERN = r"^([1-9][0-9]{0,8}(\.[0-9]{1,2})?|0\.([1-9][0-9]?|0[1-9]))$"
+JPY_AMOUNT_PATTERN = r"^[1-9][0-9]{0,8}$"
 # Posting ids are 32-bit integers in the database: a cursor past them matches nothing.
 MAX_POSTING_ID = 2**31 - 1
 
 
 class TransactionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"currency": {"const": "JPY"}}},
+            "then": {"properties": {"amount": {"pattern": JPY_AMOUNT_PATTERN}}},
+        },
+    )
 
     account_id: str = Field(pattern=ACCOUNT_ID_PATTERN)
     direction: Literal["credit", "debit"]
