@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
-from sqlalchemy import func, select
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from sqlalchemy import Engine, func, select
 
 from services.feed import seed
-from services.feed.jobs import Busy, SeedJobPublic
+from services.feed.jobs import Busy, SeedJobPublic, SeedJobs
 from services.feed.metrics import FEED_POSTS
 from services.feed.models import (
     MAX_ID,
@@ -29,6 +29,7 @@ from services.feed.models import (
     UsersPublic,
 )
 from services.kit.admin import InstructorDep
+from services.kit.app import from_state
 from services.kit.db import SessionDep
 from services.kit.errors import Conflict, NotFound, problems
 from services.kit.http import ROUTE
@@ -114,6 +115,10 @@ def list_users(
     )
 
 
+EngineDep = Annotated[Engine, Depends(from_state("engine"))]
+SeedJobsDep = Annotated[SeedJobs, Depends(from_state("seed_jobs"))]
+
+
 @router.post(
     "/admin/seed",
     status_code=202,
@@ -131,16 +136,20 @@ def list_users(
     },
 )
 def reseed(
-    body: SeedCreate, request: Request, response: Response, _instructor: InstructorDep
+    body: SeedCreate,
+    response: Response,
+    engine: EngineDep,
+    jobs: SeedJobsDep,
+    _instructor: InstructorDep,
 ) -> SeedJobPublic:
     """Start replacing the lab's users, follows and posts with another seed number's dataset.
 
     202 at once, with the job's URL in Location: poll it until `status` is `done` (or
     `failed`). The data changes in one transaction at the end. 409 while a reseed runs.
     """
-    run = functools.partial(seed.reseed, request.app.state.engine, body.seed, body.users)
+    run = functools.partial(seed.reseed, engine, body.seed, body.users)
     try:
-        job: SeedJobPublic = request.app.state.seed_jobs.start(body.seed, body.users, run)
+        job = jobs.start(body.seed, body.users, run)
     except Busy as exc:
         raise Conflict(f"reseed {exc.running.id} is still running") from None
     response.headers["Location"] = f"/admin/seed/{job.id}"
@@ -148,9 +157,9 @@ def reseed(
 
 
 @router.get("/admin/seed/{job_id}", responses=problems(401, 404))
-def reseed_job(job_id: JobIdPath, request: Request, _instructor: InstructorDep) -> SeedJobPublic:
+def reseed_job(job_id: JobIdPath, jobs: SeedJobsDep, _instructor: InstructorDep) -> SeedJobPublic:
     """A reseed job: running, done (with what it created) or failed (with why)."""
-    job: SeedJobPublic | None = request.app.state.seed_jobs.get(job_id)
+    job = jobs.get(job_id)
     if job is None:
         raise NotFound(f"no reseed job {job_id} (this process keeps the last few)")
     return job

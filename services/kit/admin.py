@@ -19,8 +19,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from services.kit.app import SettingsDep
 from services.kit.errors import Unauthorized
-from services.kit.settings import ServiceSettings
 
 DIGEST_FILE = Path("program") / "instructor.sha256"
 
@@ -51,7 +51,7 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def require_instructor(request: Request) -> None:
+def require_instructor(request: Request, settings: SettingsDep) -> None:
     """401 unless the request carries the instructor's token as a bearer token."""
     token = bearer_token(request)
     if token is None:
@@ -59,7 +59,6 @@ def require_instructor(request: Request) -> None:
             "admin routes need the instructor's token: Authorization: Bearer <token> "
             "(`drill program token` prints it)"
         )
-    settings: ServiceSettings = request.app.state.settings
     try:
         expected = digest_file(settings.state_dir).read_text().strip()
     except OSError:
