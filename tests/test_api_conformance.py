@@ -9,8 +9,8 @@ token, so they must answer 401 problem details and change nothing.
 
 The six runs go in parallel: each mostly waits on its service. 25 examples per operation (the
 fuzzing that found the issue's defects ran 60): the coverage phase already tries every bound,
-and the file stays near a minute on two vCPUs. The feed gets 10: each valid reader's timeline
-is the N+1 defect itself, up to a thousand statements.
+and the file stays near a minute on two vCPUs. The feed gets 10: a valid reader's timeline is
+the lab's heaviest request (user 1 follows a thousand accounts).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def runs(lab: LabConfig, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     """schemathesis against each service, all at once; each run's exit code and output."""
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
     env.pop("CI", None)  # schemathesis' CI mode only changes its output
-    started = time.monotonic()
+    began = time.monotonic()
     children = {}
     for service, spec in native.SERVICES.items():
         workdir = tmp_path_factory.mktemp(f"schemathesis-{service}")
@@ -103,12 +103,12 @@ def runs(lab: LabConfig, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     results = {}
     for service, (child, log) in children.items():
         try:
-            returncode = child.wait(timeout=max(1.0, TIMEOUT_S - (time.monotonic() - started)))
+            returncode = child.wait(timeout=max(1.0, TIMEOUT_S - (time.monotonic() - began)))
         except subprocess.TimeoutExpired:
             child.kill()
             returncode = child.wait()
         log.seek(0)
-        results[service] = Run(service, returncode, log.read(), time.monotonic() - started)
+        results[service] = Run(service, returncode, log.read(), time.monotonic() - began)
         log.close()
     return results
 
