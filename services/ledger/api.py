@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Protocol
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -26,8 +26,11 @@ from services.ledger.models import (
     format_amount,
 )
 from services.ledger.money import FX_RATES_TO_USD
+from services.ledger.settings import LedgerSettings
 
 router = APIRouter(tags=["ledger"])
+
+SettingsDep = Annotated[LedgerSettings, Depends(from_state("settings"))]
 
 AccountPath = Annotated[str, Path(pattern=ACCOUNT_ID_PATTERN)]
 
@@ -61,14 +64,14 @@ def _account_link(operation: str) -> dict[str, object]:
 )
 def post_transaction(
     body: TransactionCreate,
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     flags: FlagsDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN)
     ] = None,
 ) -> TransactionPublic:
-    base = request.app.state.settings.base_currency
+    base = settings.base_currency
     amount = float(body.amount)
     currency, fx_rate = body.currency, "1"
     if body.currency != base and flags.enabled(
