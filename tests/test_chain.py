@@ -179,11 +179,14 @@ def test_bad_orders_get_a_clear_4xx(chain: Chain, order: object, expected: int) 
 
 
 def test_unknown_sku_is_refused_with_the_pricing_reason(chain: Chain) -> None:
-    """An order for a product pricing does not know is a 422 that names the product."""
+    """An order for a product pricing does not know is a 422 problem that names the product."""
     response = _post_order(chain, {**ORDER, "lines": [{"sku": "TEA-ROOIBOS", "quantity": 1}]})
     assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
     assert response.json() == {
-        "error": "unprocessable",
+        "type": "urn:drill:problem:unprocessable",
+        "title": "Unprocessable",
+        "status": 422,
         "detail": "pricing: no price for TEA-ROOIBOS",
     }
 

@@ -23,11 +23,14 @@ from services.feed.app import create_app
 from services.feed.models import Follow, Post, User
 from services.feed.seed import ANCHORS, generate
 from services.feed.settings import FeedSettings
+from services.kit.admin import DIGEST_FILE, write_token_digest
 from services.profiles.app import create_app as create_profiles
 from services.profiles.models import profile_of
 from services.profiles.settings import ProfilesSettings
 
 ROUTE = "/feed/{user_id}"
+TOKEN = "instructor-token-for-tests"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,7 @@ def client(
         database_url=database_url,
         profiles_url=profiles_url,
     )
+    write_token_digest(settings.state_dir / DIGEST_FILE, TOKEN)
     with TestClient(create_app(settings, tracer_provider=TracerProvider())) as test_client:
         yield test_client
 
@@ -177,12 +181,25 @@ def test_user_directory_pages_with_followee_counts(client: TestClient) -> None:
     assert client.get("/users", params={"after": 1999}).json()["next_after"] is None
 
 
+def reseed(client: TestClient, seed: int, users: int) -> dict:
+    """POST /admin/seed as the instructor, then poll its job until it is done: the job."""
+    started = client.post("/admin/seed", json={"seed": seed, "users": users}, headers=ADMIN)
+    assert started.status_code == 202, started.text
+    location = started.headers["location"]
+    assert location == f"/admin/seed/{started.json()['id']}"
+    deadline = time.monotonic() + 60
+    while (job := client.get(location, headers=ADMIN).json())["status"] == "running":
+        assert time.monotonic() < deadline, "the reseed never finished"
+        time.sleep(0.05)
+    return job
+
+
 def test_reseed_replaces_the_data_deterministically(client: TestClient) -> None:
     """POST /admin/seed with another seed number gives that seed's rows; back to 7 restores."""
     other = generate(8, 1500)
-    reply = client.post("/admin/seed", json={"seed": 8, "users": 1500})
-    assert reply.status_code == 200
-    assert reply.json() == {
+    job = reseed(client, 8, 1500)
+    assert job["status"] == "done"
+    assert job["result"] == {
         "seed": 8,
         "users": 1500,
         "follows": len(other.follows),
@@ -191,9 +208,64 @@ def test_reseed_replaces_the_data_deterministically(client: TestClient) -> None:
     assert followees(client, 4) == {
         e["followee_id"] for e in other.follows if e["follower_id"] == 4
     }
-    assert client.post("/admin/seed", json={"seed": 8, "users": 10}).status_code == 422
-    assert client.post("/admin/seed", json={"seed": 7, "users": 2000}).status_code == 200
+    refused = client.post("/admin/seed", json={"seed": 8, "users": 10}, headers=ADMIN)
+    assert refused.status_code == 422
+    assert refused.json()["errors"] == [
+        {"pointer": "/users", "detail": "Input should be greater than or equal to 1100"}
+    ]
+    assert reseed(client, 7, 2000)["status"] == "done"
     assert len(followees(client, 1)) == 1000
+
+
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ({}, "need the instructor's token"),
+        ({"Authorization": "Bearer not-the-token"}, "not the instructor's token"),
+        ({"Authorization": f"Basic {TOKEN}"}, "need the instructor's token"),
+    ],
+)
+def test_admin_routes_refuse_without_the_instructor_token(
+    client: TestClient, headers: dict[str, str], says: str
+) -> None:
+    """No token, a wrong one or another scheme: 401 problem details, and the data stays."""
+    before = followees(client, 1)
+    for method, path in (("POST", "/admin/seed"), ("GET", "/admin/seed/0123456789abcdef")):
+        reply = client.request(method, path, json={"seed": 9, "users": 1100}, headers=headers)
+        assert reply.status_code == 401
+        assert reply.headers["content-type"] == "application/problem+json"
+        assert reply.headers["www-authenticate"] == "Bearer"
+        assert says in reply.json()["detail"]
+    assert followees(client, 1) == before
+
+
+def test_admin_routes_fail_closed_without_a_published_digest(tmp_path: Path) -> None:
+    """A lab whose instructor token was never made refuses every token."""
+    settings = FeedSettings(state_dir=tmp_path, profiles_url="http://127.0.0.1:9")
+    with TestClient(create_app(settings, tracer_provider=TracerProvider())) as fresh:
+        reply = fresh.post("/admin/seed", json={}, headers=ADMIN)
+    assert reply.status_code == 401
+    assert "no instructor token yet" in reply.json()["detail"]
+
+
+def test_a_second_reseed_while_one_runs_is_a_conflict(client: TestClient) -> None:
+    """One reseed at a time: the second answers 409 until the first is done."""
+    first = client.post("/admin/seed", json={"seed": 7, "users": 2000}, headers=ADMIN)
+    second = client.post("/admin/seed", json={"seed": 7, "users": 2000}, headers=ADMIN)
+    assert (first.status_code, second.status_code) == (202, 409)
+    assert "still running" in second.json()["detail"]
+    deadline = time.monotonic() + 60
+    while client.get(first.headers["location"], headers=ADMIN).json()["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.get("/admin/seed/ffffffffffffffff", headers=ADMIN).status_code == 404
+
+
+def test_timestamps_carry_their_utc_offset(client: TestClient) -> None:
+    """posted_at and updated_at are RFC 3339 date-times with an offset, not naive ones."""
+    post = client.get("/feed/3").json()["posts"][0]
+    assert post["posted_at"].endswith("Z") or post["posted_at"].endswith("+00:00")
+    assert post["author"]["updated_at"].endswith(("Z", "+00:00"))
 
 
 def test_seed_is_deterministic() -> None:

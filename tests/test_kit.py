@@ -107,11 +107,58 @@ def test_logs_are_json_lines_with_trace_ids(
 
 
 def test_domain_errors_map_to_http(tmp_path: Path) -> None:
-    """A DomainError raised in a route becomes its status code and a JSON body."""
+    """A DomainError raised in a route becomes its status code and RFC 9457 problem details."""
     with TestClient(make_app(tmp_path)) as client:
         response = client.get("/items/13")
     assert response.status_code == 409
-    assert response.json() == {"error": "conflict", "detail": "item 13 is taken"}
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {
+        "type": "urn:drill:problem:conflict",
+        "title": "Conflict",
+        "status": 409,
+        "detail": "item 13 is taken",
+    }
+
+
+def test_framework_errors_are_problem_details_too(tmp_path: Path) -> None:
+    """Validation errors name each field; unknown routes and methods answer the same shape."""
+    with TestClient(make_app(tmp_path)) as client:
+        invalid = client.get("/items/abc")
+        unknown = client.get("/nowhere")
+        wrong_method = client.delete("/items/1")
+    assert invalid.status_code == 422
+    assert invalid.headers["content-type"] == "application/problem+json"
+    body = invalid.json()
+    assert (body["type"], body["title"], body["status"]) == ("about:blank", "Invalid request", 422)
+    assert body["errors"] == [{"pointer": "/item_id", "detail": body["errors"][0]["detail"]}]
+    assert "valid integer" in body["detail"]
+    for response, status in ((unknown, 404), (wrong_method, 405)):
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == status
+
+
+def test_openapi_documents_problem_details_not_fastapis_validation_error(tmp_path: Path) -> None:
+    """Every error status in the OpenAPI is application/problem+json with the Problem schema."""
+    schema = make_app(tmp_path).openapi()
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    assert set(schema["components"]["schemas"]["Problem"]["required"]) == {
+        "title",
+        "status",
+        "detail",
+    }
+    errors = [
+        response
+        for item in schema["paths"].values()
+        for operation in item.values()
+        for status, response in operation["responses"].items()
+        if int(status) >= 400
+    ]
+    assert errors
+    for response in errors:
+        assert response["content"] == {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        }
 
 
 def test_oversize_body_is_refused_and_service_keeps_serving(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Writes need a token (`Authorization: Bearer ...`): a team's for its own claims, hints and runs,
 the instructor's for judging. Reads of the scoreboard need none; with the instructor's token
 they show every scenario even before reveal mode. Errors are RFC 9457 problem details
-(`application/problem+json`); a refused request stores nothing.
+(`application/problem+json`, the services' own, services.kit.errors); a refused request stores
+nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from drill.program.room import revealed
 from drill.program.scoreboard import TeamCollector, render_html, room_board
@@ -30,9 +30,11 @@ from drill.program.teams import (
     Workshop,
     trace_ids_in_logs,
 )
+from services.kit.admin import bearer_token
+from services.kit.errors import invalid_request, problem
+from services.kit.limits import BodyLimitMiddleware
 
 MAX_BODY_BYTES = 256 * 1024
-PROBLEM = "application/problem+json"
 
 TraceId = Annotated[
     str, StringConstraints(pattern=r"^[0-9a-fA-F]{32}$", to_lower=True, strip_whitespace=True)
@@ -81,70 +83,19 @@ class VerifyIn(BaseModel):
     figures: dict[str, float | None] = Field(default={}, max_length=500)
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
-
-
-class BodyLimit:
-    """413 for a request body over MAX_BODY_BYTES, declared or streamed, before it is parsed."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-            await self._too_large(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > MAX_BODY_BYTES:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._too_large(scope, receive, send)
-
-    @staticmethod
-    async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
-        detail = f"the request body is over {MAX_BODY_BYTES // 1024} KiB"
-        await problem(413, "Request too large", detail)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
 def install(app: FastAPI, workshop: Workshop, notes_dir: Path, log_dir: Path) -> None:
     """Add the teams' routes, the body limit and the problem-details errors to the runner app."""
     app.state.workshop = workshop
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.state.metrics.registry.register(
         TeamCollector(workshop, lambda: _shows_all(app.state.board.read()))
     )
 
     @app.exception_handler(Refused)
     async def refused(_request: Request, exc: Refused) -> JSONResponse:
-        return problem(exc.status, exc.title, exc.detail)
+        return problem(exc.status, exc.detail, title=exc.title)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"pointer": "/" + "/".join(str(p) for p in e["loc"][1:]), "detail": e["msg"]}
-            for e in exc.errors()
-        ]
-        detail = "; ".join(f"{e['pointer']}: {e['detail']}" for e in errors)
-        return problem(422, "Invalid request", detail, errors=errors)
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     app.include_router(_router(notes_dir, log_dir))
 
@@ -157,13 +108,8 @@ def _workshop(request: Request) -> Workshop:
 WorkshopDep = Annotated[Workshop, Depends(_workshop)]
 
 
-def _token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
 def _caller(request: Request, workshop: WorkshopDep) -> Caller:
-    token = _token(request)
+    token = bearer_token(request)
     if token is None:
         raise Refused(401, "Token required", "send Authorization: Bearer <your team's token>")
     caller = workshop.caller(token)
@@ -219,7 +165,7 @@ def _router(notes_dir: Path, log_dir: Path) -> APIRouter:
         """Per team: points, root causes, hints, fixes; per scenario once reveal mode is on
         (or with the instructor's token)."""
         snapshot = _snapshot(request)
-        token = _token(request)
+        token = bearer_token(request)
         caller = workshop.caller(token) if token else None
         shows_all = _shows_all(snapshot) or (caller is not None and caller.role == "instructor")
         return room_board(full_board(workshop), shows_all)

@@ -7,7 +7,8 @@ program's journal (drill.program.journal) once it is stored: the debrief reads t
 Tokens are random (`secrets`); only their SHA-256 is stored, and a presented token is compared
 with every stored one in constant time (`hmac.compare_digest`), so neither the database nor the
 timing gives one away. The instructor's token is also kept in `instructor.token` (mode 0600)
-for `drill program token`; a team's token is shown once, when it is made or rotated.
+for `drill program token`, and its digest in `instructor.sha256` (0644) for the services' admin
+routes (services.kit.admin); a team's token is shown once, when it is made or rotated.
 
 The API (drill.program.team_api) and the instructor's CLI both go through `Workshop`; the
 rules a request can break raise `Refused` with the HTTP status that fits.
@@ -15,7 +16,6 @@ rules a request can break raise `Refused` with the HTTP status that fits.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import math
@@ -32,6 +32,7 @@ from typing import Any
 
 from drill.program.journal import Journal
 from drill.scenarios import Program
+from services.kit.admin import DIGEST_FILE, token_digest, write_token_digest
 
 INSTRUCTOR = "instructor"
 TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -101,10 +102,6 @@ class Refused(Exception):
 
 def _now(now: datetime | None) -> str:
     return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def new_token() -> str:
@@ -257,7 +254,7 @@ class Workshop:
                 token
                 and db.execute(
                     "SELECT 1 FROM tokens WHERE digest = ? AND role = 'instructor'",
-                    (_digest(token),),
+                    (token_digest(token),),
                 ).fetchone()
             )
             if not known:
@@ -266,13 +263,15 @@ class Workshop:
                 db.execute(
                     "INSERT INTO tokens (digest, role, team, created) VALUES (?, 'instructor', "
                     "NULL, ?)",
-                    (_digest(token), _now(None)),
+                    (token_digest(token), _now(None)),
                 )
                 descriptor = os.open(
                     self.instructor_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
                 )
                 with os.fdopen(descriptor, "w") as handle:
                     handle.write(token + "\n")
+        # The services' admin routes check this digest (they cannot read the 0600 file).
+        write_token_digest(self.directory / DIGEST_FILE.name, token)
         return token
 
     def has_tokens(self) -> bool:
@@ -284,7 +283,7 @@ class Workshop:
         time, whether or not an earlier one matched."""
         if not token:
             return None
-        presented = _digest(token)
+        presented = token_digest(token)
         with self._connect() as db:
             rows = db.execute("SELECT digest, role, team FROM tokens").fetchall()
         match: Caller | None = None
@@ -319,7 +318,7 @@ class Workshop:
                 db.execute("INSERT INTO teams (name, created) VALUES (?, ?)", (name, now))
                 db.execute(
                     "INSERT INTO tokens (digest, role, team, created) VALUES (?, 'team', ?, ?)",
-                    (_digest(token), name, now),
+                    (token_digest(token), name, now),
                 )
         for name in names:
             self.journal.append("team_added", by, team=name)
@@ -332,7 +331,7 @@ class Workshop:
             self._team(db, team)
             db.execute(
                 "UPDATE tokens SET digest = ?, created = ? WHERE team = ?",
-                (_digest(token), _now(None), team),
+                (token_digest(token), _now(None), team),
             )
         self.journal.append("note", by, text=f"team {team}: token rotated", team=team)
         return token

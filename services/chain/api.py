@@ -26,7 +26,7 @@ from services.chain.models import (
     ReservationsPublic,
 )
 from services.kit.app import FlagsDep
-from services.kit.errors import Conflict, DomainError
+from services.kit.errors import Conflict, DomainError, problems
 from services.kit.http import ROUTE
 
 log = logging.getLogger("chain")
@@ -64,7 +64,21 @@ def _raise_for_downstream(response: httpx.Response, what: str) -> None:
         raise DownstreamError(f"{what} answered {response.status_code}")
 
 
-@orders.post("/orders", status_code=201)
+@orders.post(
+    "/orders",
+    status_code=201,
+    responses={
+        201: {
+            "links": {
+                "CheckCustomer": {
+                    "operationRef": "#/paths/~1customers~1{customer_id}~1check/get",
+                    "parameters": {"customer_id": "$response.body#/customer_id"},
+                }
+            }
+        },
+        **problems(409, 502),
+    },
+)
 def place_order(body: OrderCreate, request: Request) -> OrderPublic:
     """Take an order: price it (pricing reserves the stock), then confirm it."""
     state = request.app.state
@@ -116,7 +130,7 @@ def price(lines: Sequence[Line], rates: Mapping[str, Decimal]) -> tuple[Decimal,
     return net, tax
 
 
-@pricing.post("/quotes")
+@pricing.post("/quotes", responses=problems(400, 409, 502))
 def quote(body: QuoteCreate, request: Request) -> QuotePublic:
     """Price an order from the price list and reserve its stock."""
     state = request.app.state
@@ -144,7 +158,21 @@ def quote(body: QuoteCreate, request: Request) -> QuotePublic:
     )
 
 
-@stock.post("/reservations", status_code=201)
+@stock.post(
+    "/reservations",
+    status_code=201,
+    responses={
+        201: {
+            "links": {
+                "OrderReservations": {
+                    "operationRef": "#/paths/~1reservations/get",
+                    "parameters": {"order_id": "$response.body#/order_id"},
+                }
+            }
+        },
+        **problems(409, 502),
+    },
+)
 def reserve(body: ReservationCreate, request: Request, flags: FlagsDep) -> ReservationPublic:
     """Hold stock for an order, once the customer passes the fraud check."""
     state = request.app.state

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 SKU_PATTERN = r"^[A-Z0-9][A-Z0-9-]{1,31}$"
@@ -27,11 +27,14 @@ TAX_CLASS = {
     "INFUSER-MESH": "standard",
 }
 
+CATALOGUE: list[JsonValue] = [*sorted(PRICE_LIST_CENTS)]
+
 
 class Line(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sku: str = Field(pattern=SKU_PATTERN)
+    # The schema lists the catalogue: an order for anything else is refused (422 from orders).
+    sku: str = Field(pattern=SKU_PATTERN, json_schema_extra={"enum": CATALOGUE})
     quantity: int = Field(ge=1, le=100)
 
 

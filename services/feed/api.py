@@ -1,14 +1,20 @@
-"""Feed routes: a user's timeline, the user directory, and reseeding the lab's data."""
+"""Feed routes: a user's timeline, the user directory, and reseeding the lab's data.
+
+Reseeding wipes the data, so it is an admin route: it needs the instructor's token
+(services.kit.admin). It answers 202 at once and runs in the background; the job it names in
+`Location` says when it is done.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
-import anyio.to_thread
-from fastapi import APIRouter, Path, Query, Request
-from sqlalchemy import func, select
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from sqlalchemy import Engine, func, select
 
 from services.feed import seed
+from services.feed.jobs import Busy, SeedJobPublic, SeedJobs
 from services.feed.metrics import FEED_POSTS
 from services.feed.models import (
     MAX_ID,
@@ -18,21 +24,23 @@ from services.feed.models import (
     Post,
     PostPublic,
     SeedCreate,
-    SeedPublic,
     User,
     UserPublic,
     UsersPublic,
 )
+from services.kit.admin import InstructorDep
+from services.kit.app import from_state
 from services.kit.db import SessionDep
-from services.kit.errors import NotFound
+from services.kit.errors import Conflict, NotFound, problems
 from services.kit.http import ROUTE
 
 router = APIRouter(tags=["feed"])
 
 UserIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="The reader's user id")]
+JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
 
 
-@router.get("/feed/{user_id}")
+@router.get("/feed/{user_id}", responses=problems(404))
 async def get_feed(
     user_id: UserIdPath,
     request: Request,
@@ -107,8 +115,51 @@ def list_users(
     )
 
 
-@router.post("/admin/seed")
-async def reseed(body: SeedCreate, request: Request) -> SeedPublic:
-    """Replace the lab's users, follows and posts with the dataset of another seed number."""
-    engine = request.app.state.engine
-    return await anyio.to_thread.run_sync(seed.reseed, engine, body.seed, body.users)
+EngineDep = Annotated[Engine, Depends(from_state("engine"))]
+SeedJobsDep = Annotated[SeedJobs, Depends(from_state("seed_jobs"))]
+
+
+@router.post(
+    "/admin/seed",
+    status_code=202,
+    responses={
+        202: {
+            "headers": {"Location": {"schema": {"type": "string"}, "description": "The job"}},
+            "links": {
+                "GetSeedJob": {
+                    "operationRef": "#/paths/~1admin~1seed~1{job_id}/get",
+                    "parameters": {"job_id": "$response.body#/id"},
+                }
+            },
+        },
+        **problems(401, 409),
+    },
+)
+def reseed(
+    body: SeedCreate,
+    response: Response,
+    engine: EngineDep,
+    jobs: SeedJobsDep,
+    _instructor: InstructorDep,
+) -> SeedJobPublic:
+    """Start replacing the lab's users, follows and posts with another seed number's dataset.
+
+    202 at once, with the job's URL in Location: poll it until `status` is `done` (or
+    `failed`). The data changes in one transaction at the end. 409 while a reseed runs.
+    """
+    run = functools.partial(seed.reseed, engine, body.seed, body.users)
+    try:
+        job = jobs.start(body.seed, body.users, run)
+    except Busy as exc:
+        raise Conflict(f"reseed {exc.running.id} is still running") from None
+    response.headers["Location"] = f"/admin/seed/{job.id}"
+    return job
+
+
+@router.get("/admin/seed/{job_id}", responses=problems(401, 404))
+def reseed_job(job_id: JobIdPath, jobs: SeedJobsDep, _instructor: InstructorDep) -> SeedJobPublic:
+    """A reseed job: running, done (with what it created) or failed (with why)."""
+    job = jobs.get(job_id)
+    if job is None:
+        raise NotFound(f"no reseed job {job_id} (this process keeps the last few)")
+    return job

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.feed import api
+from services.feed.jobs import SeedJobs
 from services.feed.models import Base
 from services.feed.seed import seed_if_empty
 from services.feed.settings import FeedSettings
@@ -26,6 +27,7 @@ def create_app(
         on_startup=[_seed, _open_profiles],
         on_shutdown=[_close_profiles],
     )
+    app.state.seed_jobs = SeedJobs()
     return app
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.kit.models import UtcDateTime
 
 # Ids are positive 32-bit integers: what the mobile app sends fits in an int column.
 MAX_ID = 2**31 - 1
@@ -51,14 +53,14 @@ class AuthorPublic(BaseModel):
     avatar_url: str
     verified: bool
     # When the provider's profile took this form: how fresh the author shown is.
-    updated_at: datetime
+    updated_at: UtcDateTime
 
 
 class PostPublic(BaseModel):
     id: int
     author_id: int
     body: str
-    posted_at: datetime
+    posted_at: UtcDateTime
     author: AuthorPublic
 
 
@@ -79,11 +81,15 @@ class UsersPublic(BaseModel):
 
 
 class SeedCreate(BaseModel):
-    seed: int = Field(7, ge=0, le=2**31 - 1)
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(7, ge=0, le=2**31 - 1, description="The same number gives the same data")
     users: int = Field(2000, ge=1100, le=50_000)
 
 
 class SeedPublic(BaseModel):
+    """What a finished reseed created."""
+
     seed: int
     users: int
     follows: int

@@ -8,7 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
@@ -64,20 +64,26 @@ async def readyz(request: Request, response: Response) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@health.get("/drill/triggers", include_in_schema=False)
-async def triggers_acted(request: Request) -> dict[str, dict[str, int]]:
-    """How often each trigger took its path in this process: evidence for drill verify only."""
-    flags: Flags = request.app.state.flags
-    return flags.acted()
+def from_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency that reads `app.state.<name>`, as the app factory set it; the alias that
+    uses it gives the type: `AuditorDep = Annotated[Auditor, Depends(from_state("auditor"))]`."""
 
-
-async def get_flags(request: Request) -> Flags:
     # async: a sync dependency costs a threadpool hop per request, and this one never blocks.
-    flags: Flags = request.app.state.flags
-    return flags
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    dependency.__name__ = f"state_{name}"
+    return dependency
 
 
-FlagsDep = Annotated[Flags, Depends(get_flags)]
+FlagsDep = Annotated[Flags, Depends(from_state("flags"))]
+SettingsDep = Annotated[ServiceSettings, Depends(from_state("settings"))]
+
+
+@health.get("/drill/triggers", include_in_schema=False)
+async def triggers_acted(flags: FlagsDep) -> dict[str, dict[str, int]]:
+    """How often each trigger took its path in this process: evidence for drill verify only."""
+    return flags.acted()
 
 
 def _inject_conditions(

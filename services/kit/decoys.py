@@ -11,7 +11,6 @@ With no decoy flag live, a request costs one tuple check, not a flag evaluation.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -23,6 +22,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from faults import Flags, decoy_flag
+from services.kit.errors import send_problem
 
 # Health probes and scrapes stay untouched: a decoy must not get a container restarted.
 UNTOUCHED_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/drill/triggers"})
@@ -134,14 +134,4 @@ def _flood(lines: int) -> None:
 
 
 async def _unavailable(send: Send, status: int) -> None:
-    body = json.dumps(
-        {"error": "unavailable", "detail": "temporarily unavailable; retry later"}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_problem(send, status, "temporarily unavailable; retry later", retry_after=1)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Protocol
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.kit.app import FlagsDep
+from services.kit.app import FlagsDep, from_state
 from services.kit.db import SessionDep
-from services.kit.errors import NotFound
+from services.kit.errors import NotFound, problems
 from services.ledger.metrics import POSTINGS
 from services.ledger.models import (
     ACCOUNT_ID_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
+    MAX_POSTING_ID,
     BalancePublic,
     BalancesPublic,
     ReconciliationPublic,
@@ -25,8 +26,11 @@ from services.ledger.models import (
     format_amount,
 )
 from services.ledger.money import FX_RATES_TO_USD
+from services.ledger.settings import LedgerSettings
 
 router = APIRouter(tags=["ledger"])
+
+SettingsDep = Annotated[LedgerSettings, Depends(from_state("settings"))]
 
 AccountPath = Annotated[str, Path(pattern=ACCOUNT_ID_PATTERN)]
 
@@ -39,17 +43,35 @@ def account_balances(session: Session, account_id: str) -> dict[str, float]:
     return totals
 
 
-@router.post("/transactions", status_code=201)
+def _account_link(operation: str) -> dict[str, object]:
+    return {
+        "operationRef": f"#/paths/~1accounts~1{{account_id}}~1{operation}/get",
+        "parameters": {"account_id": "$response.body#/account_id"},
+    }
+
+
+@router.post(
+    "/transactions",
+    status_code=201,
+    responses={
+        201: {
+            "links": {
+                "GetBalances": _account_link("balances"),
+                "ListTransactions": _account_link("transactions"),
+            }
+        }
+    },
+)
 def post_transaction(
     body: TransactionCreate,
-    request: Request,
+    settings: SettingsDep,
     session: SessionDep,
     flags: FlagsDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN)
     ] = None,
 ) -> TransactionPublic:
-    base = request.app.state.settings.base_currency
+    base = settings.base_currency
     amount = float(body.amount)
     currency, fx_rate = body.currency, "1"
     if body.currency != base and flags.enabled(
@@ -80,7 +102,7 @@ def post_transaction(
     return TransactionPublic.of(tx)
 
 
-@router.get("/accounts/{account_id}/balances")
+@router.get("/accounts/{account_id}/balances", responses=problems(404))
 def get_balances(account_id: AccountPath, session: SessionDep) -> BalancesPublic:
     totals = account_balances(session, account_id)
     if not totals:
@@ -98,7 +120,9 @@ def get_balances(account_id: AccountPath, session: SessionDep) -> BalancesPublic
 def list_transactions(
     account_id: AccountPath,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="Return postings with id above this")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_POSTING_ID, description="Return postings with id above this")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> TransactionsPublic:
     rows = session.scalars(
@@ -121,8 +145,16 @@ def fx_rates(response: Response) -> dict[str, str]:
     return dict(FX_RATES_TO_USD)
 
 
+class Reconciler(Protocol):
+    """What the route needs of the auditor (services.ledger.audit, which imports this module)."""
+
+    def run(self) -> ReconciliationPublic: ...
+
+
+AuditorDep = Annotated[Reconciler, Depends(from_state("auditor"))]
+
+
 @router.get("/reconciliation")
-def reconciliation(request: Request) -> ReconciliationPublic:
+def reconciliation(auditor: AuditorDep) -> ReconciliationPublic:
     """Served balances against an exact recount of the amounts as received."""
-    report: ReconciliationPublic = request.app.state.auditor.run()
-    return report
+    return auditor.run()

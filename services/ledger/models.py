@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from sqlalchemy import DateTime, Float, Integer, String, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.kit.models import UtcDateTime
 from services.ledger.money import MINOR_UNITS, parse_amount
 
 
@@ -41,15 +42,33 @@ class Transaction(Base):
 Currency = Literal["USD", "EUR", "GBP", "CHF", "JPY"]
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
+# What parse_amount accepts, as far as a pattern can say it: a plain decimal above zero and
+# below MAX_AMOUNT with at most two decimals; JPY_AMOUNT_PATTERN has none.
+AMOUNT_PATTERN = r"^([1-9][0-9]{0,8}(\.[0-9]{1,2})?|0\.([1-9][0-9]?|0[1-9]))$"
+JPY_AMOUNT_PATTERN = r"^[1-9][0-9]{0,8}$"
+# Posting ids are 32-bit integers in the database: a cursor past them matches nothing.
+MAX_POSTING_ID = 2**31 - 1
 
 
 class TransactionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"currency": {"const": "JPY"}}},
+            "then": {"properties": {"amount": {"pattern": JPY_AMOUNT_PATTERN}}},
+        },
+    )
 
     account_id: str = Field(pattern=ACCOUNT_ID_PATTERN)
     direction: Literal["credit", "debit"]
     currency: Currency
-    amount: str = Field(max_length=32, description='A decimal string, e.g. "12.34"')
+    # The pattern is documentation; _amount_fits_currency enforces it with a clearer message.
+    amount: str = Field(
+        max_length=32,
+        json_schema_extra={"pattern": AMOUNT_PATTERN},
+        description='A plain decimal string, e.g. "12.34": above 0, at most 1000000000, with no '
+        "more decimals than the currency's minor units (2; JPY 0)",
+    )
     description: str | None = Field(None, max_length=200)
 
     @field_validator("amount")
@@ -76,7 +95,7 @@ class TransactionPublic(BaseModel):
     currency_received: str
     fx_rate: str
     idempotency_key: str | None
-    created_at: datetime | None
+    created_at: UtcDateTime | None
 
     @classmethod
     def of(cls, tx: Transaction) -> TransactionPublic:

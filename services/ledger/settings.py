@@ -5,13 +5,14 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 
 from services.kit.settings import ServiceSettings
+from services.ledger.models import Currency
 
 
 class LedgerSettings(ServiceSettings):
     service_name: str = Field(
         "ledger", validation_alias=AliasChoices("OTEL_SERVICE_NAME", "service_name")
     )
-    base_currency: str = Field(
+    base_currency: Currency = Field(
         "USD", validation_alias=AliasChoices("LEDGER_BASE_CURRENCY", "base_currency")
     )
     # Every 5 s, matching the Prometheus scrape interval.

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
+from services.kit.models import UtcDateTime
+
 # Ids the API knows: every account the feed's seed can create, and far more.
 MAX_PROFILE_ID = 10_000_000
 # Faster than real people edit, on purpose: a 30 s verify run sees every profile change once,
@@ -32,7 +34,7 @@ class ProfilePublic(BaseModel):
     avatar_url: str
     bio: str
     verified: bool
-    updated_at: datetime
+    updated_at: UtcDateTime
 
 
 class ProfilesPublic(BaseModel):
