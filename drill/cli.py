@@ -496,29 +496,24 @@ def seed(
     users: Annotated[int, typer.Option(min=1100, max=50_000, help="Users to create.")] = 2000,
     root: RootOption = None,
 ) -> None:
-    """Reseed the feed's users, follows and posts (the running feed service does it)."""
-    import httpx
-
+    """Reseed the feed's users, follows and posts (the running feed service does it, as the
+    instructor: the admin route needs the instructor's token)."""
+    from drill import admin
     from drill.lab.model import endpoints
 
-    url = endpoints(_config(root)).get("feed")
+    config = _config(root)
+    url = endpoints(config).get("feed")
     if url is None:
         raise _fail("this lab has no feed service")
     try:
-        response = httpx.post(
-            f"{url}/admin/seed",
-            json={"seed": number, "users": users},
-            timeout=300,
-            trust_env=False,
-        )
-    except httpx.HTTPError as exc:
+        body = admin.reseed_feed(url, admin.instructor_token(config), number, users)
+    except admin.Unreachable as exc:
         raise _fail(
-            f"feed is not reachable at {url} ({type(exc).__name__}); start the lab with "
-            "`drill up --native` (or `drill up --native --only feed --only profiles`)"
+            f"{exc}; start the lab with `drill up --native` "
+            "(or `drill up --native --only feed --only profiles`)"
         ) from None
-    if response.status_code != 200:
-        raise _fail(f"feed refused the reseed: HTTP {response.status_code} {response.text[:300]}")
-    body = response.json()
+    except admin.AdminError as exc:
+        raise _fail(str(exc)) from None
     console.print(
         f"feed reseeded from seed {body['seed']}: {body['users']:,} users, "
         f"{body['follows']:,} follows, {body['posts']:,} posts"

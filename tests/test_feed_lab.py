@@ -59,9 +59,6 @@ def test_reseeding_as_the_instructor_runs_in_the_background(lab: LabConfig) -> N
     assert len(users) == 1200
 
 
-# `drill seed` (drill/cli.py) still posts without the token and expects 200; it needs to call
-# drill.admin.instructor_token and reseed_feed. drill/cli.py is being refactored elsewhere.
-@pytest.mark.xfail(reason="drill/cli.py's seed must send the instructor token", strict=True)
 def test_drill_seed_reseeds_the_running_feed(lab: LabConfig) -> None:
     """`drill seed --seed 8 --users 1200` replaces the data; bad values and no lab exit 2."""
     done = drill(lab, "seed", "--seed", "8", "--users", "1200")
