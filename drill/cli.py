@@ -990,12 +990,15 @@ pack_app = typer.Typer(help="Build what participants get (instructors).", no_arg
 app.add_typer(pack_app, name="pack")
 
 
+AllowDirtyOption = Annotated[
+    bool, typer.Option("--allow-dirty", help="Pack uncommitted changes to tracked files.")
+]
+
+
 @pack_app.command("phase4")
 def pack_phase4(
     out: Annotated[Path, typer.Argument(help="NAME.tar.gz, a new file.")],
-    allow_dirty: Annotated[
-        bool, typer.Option("--allow-dirty", help="Pack uncommitted changes to tracked files.")
-    ] = False,
+    allow_dirty: AllowDirtyOption = False,
     root: RootOption = None,
 ) -> None:
     """Write phase 4's handout: the guardrails, their pre-commit hook and the spec template."""
@@ -1018,9 +1021,7 @@ def pack_participants(
         str | None,
         typer.Option("--format", help="git: a repository with one commit (default); tar: .tar.gz."),
     ] = None,
-    allow_dirty: Annotated[
-        bool, typer.Option("--allow-dirty", help="Pack uncommitted changes to tracked files.")
-    ] = False,
+    allow_dirty: AllowDirtyOption = False,
     root: RootOption = None,
 ) -> None:
     """Write the participant kit: the lab without its solutions, instructor notes or spoilers."""
