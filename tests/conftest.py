@@ -15,6 +15,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.pop("COLUMNS", None)
 
+# The slow-machine mode in lanes: with DRILL_PIN_LANES=1, each pytest-xdist worker pins its labs
+# and Locust to a CPU of its own (gw0 to CPU 0, gw1 to CPU 1): two one-CPU machines side by
+# side, as benchmarks/verdict_stability.py runs its two lanes. Without workers, CPU 0.
+if os.environ.get("DRILL_PIN_LANES") == "1":
+    _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    os.environ["DRILL_PIN_CPUS"] = str(int(_worker.removeprefix("gw")) % (os.cpu_count() or 1))
+
 
 def need_server(what: str, how_to_start: str) -> None:
     """Fail under CI=true, skip locally: a test without its server proves nothing."""

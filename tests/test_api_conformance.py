@@ -7,10 +7,11 @@ links (a posted transaction to its account's postings, an order to its customer 
 reservation to the order's reservations). The admin routes are fuzzed without the instructor's
 token, so they must answer 401 problem details and change nothing.
 
-The six runs go in parallel: each mostly waits on its service. 25 examples per operation (the
-fuzzing that found the issue's defects ran 60): the coverage phase already tries every bound,
-and the file stays near a minute on two vCPUs. The feed gets 10: a valid reader's timeline is
-the lab's heaviest request (user 1 follows a thousand accounts).
+The six runs go in parallel: each mostly waits on its service. 12 examples per operation (the
+fuzzing that found the issue's defects ran 60): the coverage phase already tries every bound
+deterministically, and CI runs this file beside other lab tests on two vCPUs (at 25 it took
+70 s and slowed its neighbours). The feed gets 5: a valid reader's timeline is the lab's
+heaviest request (user 1 follows a thousand accounts). DRILL_FUZZ_SEED explores further.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ CHECKS = (
     "status_code_conformance",
     "content_type_conformance",
 )
-EXAMPLES = {"feed": 10}
-DEFAULT_EXAMPLES = 25
+EXAMPLES = {"feed": 5}
+DEFAULT_EXAMPLES = 12
 # Fixed, so a failure reproduces; DRILL_FUZZ_SEED explores another part of the input space.
 SEED = os.environ.get("DRILL_FUZZ_SEED", "20261201")
 TIMEOUT_S = 600
