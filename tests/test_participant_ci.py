@@ -63,6 +63,7 @@ def test_the_workflow_runs_the_script_the_tests_run() -> None:
 
 @pytest.mark.lab
 @pytest.mark.slow
+@pytest.mark.drill  # the fixed tree's verify must pass its latency bounds: a pinned lane
 def test_the_script_passes_a_fixed_tree_and_writes_the_summary(
     tmp_path: Path, postgres_url: str
 ) -> None:

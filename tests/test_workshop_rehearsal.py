@@ -34,7 +34,9 @@ from tests.conftest import REPO_ROOT
 from tests.labs import drop_database, explain, fresh_database, lab_env, run_drill
 from tests.test_program_runner import closed_url, free_runner_offset
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+# A verdict with a latency bound (red's fix must pass verify): it runs with the drills' verdicts,
+# in a pinned lane, not beside the other lab tests.
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.drill]
 
 SPEED = 180
 SEED = 2026
