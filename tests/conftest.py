@@ -23,13 +23,6 @@ if os.environ.get("DRILL_PIN_LANES") == "1":
     os.environ["DRILL_PIN_CPUS"] = str(int(_worker.removeprefix("gw")) % (os.cpu_count() or 1))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long tests first (a full drill run, then any lab), each group in its usual order: with
-    `--dist loadfile` the two workers then end on short files, not one on a long one alone."""
-    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
-                                 item.get_closest_marker("lab") is None))  # fmt: skip
-
-
 def need_server(what: str, how_to_start: str) -> None:
     """Fail under CI=true, skip locally: a test without its server proves nothing."""
     message = f"{what} is not reachable; start it with: {how_to_start}"
