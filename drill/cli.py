@@ -1,8 +1,8 @@
 """drill: the instructor's and CI's command line for the lab.
 
 Start-up is part of the interface: `drill flags set` acts in front of a room. This module
-imports only typer, rich, the lab model and the flag files; a command imports what else it
-needs (HTTP, the native and compose labs, scenarios, verify) when it runs.
+imports only typer, the lab model and the flag files; a command imports what else it needs
+(rich for tables and colour, HTTP, the native and compose labs, scenarios, verify) when it runs.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from drill.lab.model import HOST, SERVICES, LabConfig, LabError, ServiceStatus, find_root
 from faults import (
@@ -34,6 +31,9 @@ from faults import (
 )
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
     from drill.verify import VerifyResult
 
 app = typer.Typer(
@@ -60,8 +60,44 @@ program_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(program_app, name="program")
-console = Console()
-errors = Console(stderr=True)
+
+
+class LazyConsole:
+    """rich's Console, made when a command first prints through it: importing rich is a third
+    of the start-up of `drill flags set`, which prints plain lines (typer.echo)."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    @property
+    def rich(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return self._console
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        self.rich.print(*objects, **options)
+
+
+console = LazyConsole()
+errors = LazyConsole(stderr=True)
+
+
+def escape(text: str) -> str:
+    """text with rich's markup escaped, to print through console as it is."""
+    from rich.markup import escape as escape_markup
+
+    return escape_markup(text)
+
+
+def _table(*columns: str, **options: Any) -> Table:
+    from rich.table import Table
+
+    return Table(*columns, **options)
+
 
 RootOption = Annotated[
     Path | None,
@@ -120,7 +156,7 @@ def _seconds(value: str) -> float:
 
 
 def _print_status(rows: list[ServiceStatus]) -> None:
-    table = Table("service", "url", "pid", "state")
+    table = _table("service", "url", "pid", "state")
     for row in rows:
         state = (
             "[green]ready[/green]" if row.ready else f"[red]{escape(row.detail or 'down')}[/red]"
@@ -232,7 +268,7 @@ def flags_list(root: RootOption = None) -> None:
         live = live_flags(config.state_dir, catalog)
     except FlagStateError as exc:
         raise _fail(str(exc)) from None
-    table = Table("flag", "live", "from", "variants", "description")
+    table = _table("flag", "live", "from", "variants", "description")
     for key, spec in catalog.flags.items():
         variant, value, share = describe(live[key].definition)
         shown = f"{variant} ({value!r})" + (f" for {share:g}%" if share is not None else "")
@@ -275,7 +311,7 @@ def flags_set(
         raise _fail(str(exc).strip('"')) from None
     _journal_flags(config, {flag: (variant, percent)})
     share = f" for {percent:g}%" if percent is not None else ""
-    console.print(f"{flag} = {variant}{share}", markup=False, highlight=False)
+    typer.echo(f"{flag} = {variant}{share}")
     _note_held(config, catalog, [flag])
 
 
@@ -297,7 +333,7 @@ def flags_reset(
     try:
         for layer in layers:
             cleared = clear_layer(config.state_dir, catalog, layer, flags)
-            console.print(f"{layer} layer: cleared {', '.join(cleared) or 'nothing'}")
+            typer.echo(f"{layer} layer: cleared {', '.join(cleared) or 'nothing'}")
             off = {key: (catalog[key].default_variant, None) for key in cleared}
             _journal_flags(config, off, layer)
     except FlagStateError as exc:
@@ -331,7 +367,7 @@ def _note_held(
         if only_on and variant == catalog[key].default_variant:
             continue
         if layer not in (INSTRUCTOR, DEFAULT):
-            console.print(f"{key} is {variant}: the {layer} layer decides it", highlight=False)
+            typer.echo(f"{key} is {variant}: the {layer} layer decides it")
 
 
 @app.command()
@@ -344,7 +380,7 @@ def scenarios(root: RootOption = None) -> None:
         program = load_program(config.root / "scenarios.yaml")
     except ScenarioFileError as exc:
         raise _fail(str(exc)) from None
-    table = Table("scenario", "title", "triggers", "load")
+    table = _table("scenario", "title", "triggers", "load")
     for name, scenario in program.scenarios.items():
         triggers = ", ".join(
             f"{t.flag}={t.variant}" + (f"@{t.percent:g}%" if t.percent else "")
@@ -383,7 +419,7 @@ def guardrails(
 
 def _print_result(result: VerifyResult) -> None:
     mode = "baseline (every trigger off)" if result.baseline else "triggers on"
-    table = Table(
+    table = _table(
         "kind", "check", "figure", "value", "bound", "result",
         title=f"drill verify {result.scenario}: {mode}, {result.users} users, "
         f"{result.load_seconds:g}s"
@@ -683,7 +719,7 @@ def program_status(
     if not watch:
         console.print(view.render(control.read_status(config), room))
         return
-    with Live(view.render(control.read_status(config), room), console=console) as live:
+    with Live(view.render(control.read_status(config), room), console=console.rich) as live:
         try:
             while True:
                 time.sleep(0.5)
@@ -783,7 +819,7 @@ def teams_add(
     except Refused as exc:
         raise _fail(exc.detail) from None
     workshop.instructor_token()  # the instructor's exists from the first team on
-    table = Table("team", "token (DRILL_TEAM_TOKEN)")
+    table = _table("team", "token (DRILL_TEAM_TOKEN)")
     for name, token in tokens.items():
         table.add_row(name, token)
     console.print(table)
@@ -818,7 +854,7 @@ def program_token(root: RootOption = None) -> None:
 @program_app.command("claims")
 def program_claims(root: RootOption = None) -> None:
     """Every root-cause claim, with its evidence: which trace ids the logs know."""
-    table = Table("id", "team", "scenario", "status", "filed (UTC)", "claim", "trace ids")
+    table = _table("id", "team", "scenario", "status", "filed (UTC)", "claim", "trace ids")
     for claim in _workshop(_config(root)).claims():
         evidence = ", ".join(
             f"{trace_id[:8]}… {'found' if found.get('found') else 'NOT found'}"
@@ -854,7 +890,7 @@ def program_scoreboard(root: RootOption = None) -> None:
     from drill.program.scoreboard import board
 
     shown = board(_workshop(_config(root)))
-    table = Table("team", "points", "scenario", "root cause (min)", "hints", "fix verified")
+    table = _table("team", "points", "scenario", "root cause (min)", "hints", "fix verified")
     for team in shown["teams"]:
         table.add_row(team["team"], str(team["points"]), "", "", "", "")
         for name, result in team["scenarios"].items():
@@ -1096,7 +1132,7 @@ def preflight(
         native_only=native_only, offline=offline, lab=lab, verify_seconds=duration
     )
     done = []
-    table = Table("check", "result", "found", "what to do")
+    table = _table("check", "result", "found", "what to do")
     for column in table.columns:
         column.overflow = "fold"  # a URL or a command stays whole to copy, if wrapped
     colour = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}

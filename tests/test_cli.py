@@ -123,8 +123,11 @@ HEAVY_MODULES = (
 )
 
 
-def loaded_heavy_modules(code: str, env: dict[str, str] | None = None) -> list[str]:
-    """The HEAVY_MODULES a fresh interpreter has loaded after running code."""
+def loaded_heavy_modules(
+    code: str, env: dict[str, str] | None = None, heavy: tuple[str, ...] = HEAVY_MODULES
+) -> list[str]:
+    """The heavy modules (HEAVY_MODULES by default) a fresh interpreter has loaded after running
+    code."""
     probe = code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -132,7 +135,7 @@ def loaded_heavy_modules(code: str, env: dict[str, str] | None = None) -> list[s
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout.splitlines()[-1])
-    return [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY_MODULES)]
+    return [m for m in loaded if any(m == h or m.startswith(h + ".") for h in heavy)]
 
 
 def test_importing_the_cli_loads_no_heavy_module() -> None:
@@ -153,6 +156,21 @@ def test_flags_commands_load_no_heavy_module(tmp_path: Path) -> None:
         "        assert not exc.code, exc.code\n"
     )
     assert loaded_heavy_modules(code, {"DRILL_STATE_DIR": str(tmp_path)}) == []
+
+
+def test_flags_set_and_reset_load_neither_rich_nor_pydantic(tmp_path: Path) -> None:
+    """The two commands an instructor types in front of the room print plain lines: rich (for
+    tables) and pydantic (typer from 0.29 coerces parameters through it) stay unloaded."""
+    code = (
+        "from drill.cli import app\n"
+        "for args in (['flags', 'set', 'ledger.fx_conversion', 'on'], ['flags', 'reset']):\n"
+        "    try:\n"
+        "        app(args, standalone_mode=False)\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, exc.code\n"
+    )
+    env = {"DRILL_STATE_DIR": str(tmp_path)}
+    assert loaded_heavy_modules(code, env, heavy=("rich", "pydantic")) == []
 
 
 @pytest.mark.parametrize(
