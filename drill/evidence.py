@@ -8,8 +8,8 @@ source that cannot be reached never stops the others.
 
 Spans reach the tree as a neutral list (`Span`); `spans_from_jaeger` adapts Jaeger's query API
 JSON (`GET /api/traces/{id}`) and `spans_from_otlp_json` its OTLP-native `/api/v3/traces/{id}`.
-The compose lab runs jaegertracing/all-in-one 1.76 (Jaeger's v1 line); Jaeger v2 serves both
-endpoints in the same shapes, so either works here.
+The compose lab runs Jaeger v2 (jaeger/config.yaml), which serves both endpoints; Jaeger v1's
+query service answered `/api/traces/{id}` in the same shape.
 """
 
 from __future__ import annotations

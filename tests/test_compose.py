@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -133,14 +134,15 @@ def test_lab_containers_run_the_native_services_on_their_ports(resolved: dict[st
         assert container in services, f"compose.yaml has no {container} service"
         service = services[container]
         assert service["image"] == LAB_IMAGE
-        assert service["build"]["context"] == str(ROOT)
         assert service["command"] == ["drill", "serve", container, "--host", "0.0.0.0"]
         ports = {native.SERVICES[name].port for name in members}
         assert published(service) == [("127.0.0.1", port, port) for port in sorted(ports)]
-    # Locust runs from the same image; nothing else builds one.
+    # Locust runs from the same image. One service builds it: a build per service would build
+    # the one image five times and leave four untagged copies behind.
     assert services["locust"]["image"] == LAB_IMAGE
     builders = {name for name, service in services.items() if "build" in service}
-    assert builders == {*compose.containers(), "locust"}
+    assert builders == {"ledger"}
+    assert services["ledger"]["build"]["context"] == str(ROOT)
 
 
 def test_published_ports_are_the_design_ports_on_loopback(resolved: dict[str, Any]) -> None:
@@ -329,12 +331,57 @@ def test_locust_runs_distributed_with_the_class_picker(resolved: dict[str, Any])
         assert env[variable] == f"http://{compose.container_of(service)}:{port}"
 
 
-def test_jaeger_and_grafana_settings(resolved: dict[str, Any]) -> None:
-    """Jaeger keeps a capped in-memory store; Grafana is an anonymous viewer, provisioned."""
-    jaeger = resolved["services"]["jaeger"]["environment"]
-    assert jaeger["SPAN_STORAGE_TYPE"] == "memory"
-    assert int(jaeger["MEMORY_MAX_TRACES"]) > 0
-    assert jaeger["COLLECTOR_OTLP_ENABLED"] == "true"
+def test_jaeger_v2_takes_the_services_otlp_and_keeps_a_capped_memory_store(
+    resolved: dict[str, Any],
+) -> None:
+    """Jaeger v2 runs the mounted jaeger/config.yaml: OTLP/HTTP in on the port the services send
+    to, a memory store with a cap that the query service and the exporter both use, and the
+    health extension on the port the healthcheck asks."""
+    jaeger = resolved["services"]["jaeger"]
+    image, version = jaeger["image"].rsplit(":", 1)
+    assert image == "jaegertracing/jaeger" and int(version.split(".")[0]) >= 2, jaeger["image"]
+    mounts = {v["target"]: v for v in jaeger["volumes"]}
+    config_at = jaeger["command"][jaeger["command"].index("--config") + 1]
+    assert mounts[config_at]["source"] == str(ROOT / "jaeger" / "config.yaml")
+    assert mounts[config_at]["read_only"] is True
+    config = yaml.safe_load((ROOT / "jaeger" / "config.yaml").read_text())
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+    assert set(config["service"]["extensions"]) >= {
+        "jaeger_storage",
+        "jaeger_query",
+        "healthcheckv2",
+    }
+    sent_to = {
+        urlsplit(service["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        for service in resolved["services"].values()
+        if "OTEL_EXPORTER_OTLP_ENDPOINT" in service.get("environment", {})
+    }
+    assert {(u.hostname, u.port) for u in sent_to} == {("jaeger", 4318)}
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "0.0.0.0:4318"
+    backends = config["extensions"]["jaeger_storage"]["backends"]
+    store = config["extensions"]["jaeger_query"]["storage"]["traces"]
+    [exporter] = pipeline["exporters"]
+    assert config["exporters"][exporter]["trace_storage"] == store
+    assert int(backends[store]["memory"]["max_traces"]) > 0
+    health = config["extensions"]["healthcheckv2"]
+    assert health["use_v2"] is True
+    port = health["http"]["endpoint"].rsplit(":", 1)[1]
+    assert f"http://127.0.0.1:{port}/status" in jaeger["healthcheck"]["test"]
+    assert {p["target"] for p in jaeger["ports"]} == {16686}
+
+
+def test_a_lab_without_jaeger_still_starts(raw: dict[str, Any]) -> None:
+    """No service needs Jaeger to start: in a room whose images lack it, the lab comes up
+    without traces."""
+    for name, service in raw["services"].items():
+        rule = (service.get("depends_on") or {}).get("jaeger")
+        if rule is not None:
+            assert rule.get("required") is False, f"{name} requires jaeger"
+
+
+def test_grafana_is_an_anonymous_viewer_provisioned(resolved: dict[str, Any]) -> None:
+    """Grafana is an anonymous viewer, with the checkout's datasources and dashboards."""
     grafana = resolved["services"]["grafana"]
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
@@ -349,6 +396,24 @@ def test_jaeger_and_grafana_settings(resolved: dict[str, Any]) -> None:
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home.startswith("/var/lib/grafana/dashboards/")
     assert (ROOT / "grafana" / "dashboards" / Path(home).name).is_file(), home
+
+
+def test_the_readmes_offline_room_carries_every_image_compose_names() -> None:
+    """The README's `docker save` line names exactly the images compose.yaml uses, and its pull
+    line every service that pulls one: a room that follows it misses none."""
+    from drill.preflight import compose_images
+
+    readme = (ROOT / "README.md").read_text()
+    [saved] = re.findall(r"^docker save -o \S+ (.+)$", readme, re.MULTILINE)
+    assert sorted(saved.split()) == sorted(compose_images(ROOT))
+    [pulled] = re.findall(r"^docker compose pull ([\w ]+?) && docker compose build$", readme, re.M)
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    pulling = {
+        name
+        for name, spec in services.items()
+        if "build" not in spec and spec["image"] != services["ledger"]["image"]
+    }
+    assert set(pulled.split()) == pulling
 
 
 def test_image_build_context_and_base() -> None:
