@@ -339,6 +339,18 @@ def test_the_deploy_is_the_restart_between_failing_and_passing_runs(tmp_path: Pa
     )
     short = replace(runs[1], passed=False, checks=checks)
     assert find_deploy("fp-drift", [runs[0], short], [restart], ("ledger",)).after is short
+    # Nor does a latency bound missed on a busy machine: the defect is in the invariants.
+    slow = replace(
+        runs[1],
+        passed=False,
+        checks=(
+            {"figure": "ledger.balance_drift", "passed": True, "kind": "invariant"},
+            {"figure": "p95_ms", "passed": False, "kind": "latency"},
+        ),
+    )
+    assert find_deploy("fp-drift", [runs[0], slow], [restart], ("ledger",)).after is slow
+    drifting = replace(slow, checks=({"figure": "ledger.balance_drift", "passed": False},))
+    assert find_deploy("fp-drift", [runs[0], drifting], [restart], ("ledger",)).after is None
     assert find_deploy("n-plus-one", runs, [restart], ("feed",)).at is None
 
 
