@@ -169,10 +169,12 @@ def test_latency_slows_the_targeted_route_only(tmp_path: Path) -> None:
     with lab(tmp_path, {decoy_flag("latency"): ("on", None, here(SLOW_ROUTE))}) as client:
         slow = min(timed(client, f"/items/{n}") for n in range(3))
         fast = max(timed(client, "/other") for _ in range(3))
+    # The decoy sleeps 300 ms: a lower bound the sleep guarantees on any machine, and the same
+    # line as the upper bound for requests it must leave alone, the most a busy machine gets.
     assert slow >= 0.3
-    assert fast < slow - 0.2
+    assert fast < 0.3
     with lab(tmp_path, {decoy_flag("latency"): ("on", None, here(service="ledger"))}) as client:
-        assert max(timed(client, f"/items/{n}") for n in range(3)) < 0.2
+        assert max(timed(client, f"/items/{n}") for n in range(3)) < 0.3
 
 
 def test_error_rate_answers_503_for_about_its_share(tmp_path: Path) -> None:
