@@ -7,7 +7,8 @@ imports only typer, the lab model and the flag files; a command imports what els
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -111,6 +112,15 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+@contextmanager
+def _failing_on(*kinds: type[Exception]) -> Iterator[None]:
+    """Any of these errors raised inside ends the command with its message, not a traceback."""
+    try:
+        yield
+    except kinds as exc:
+        raise _fail(str(exc)) from None
+
+
 def _instructors_module(name: str, what_to_do: str) -> Any:
     """A module the participant kit leaves out, imported by name, or a clear error in a kit."""
     import importlib
@@ -124,10 +134,8 @@ def _instructors_module(name: str, what_to_do: str) -> Any:
 
 
 def _config(root: Path | None) -> LabConfig:
-    try:
+    with _failing_on(LabError):
         return LabConfig.from_env(root)
-    except LabError as exc:
-        raise _fail(str(exc)) from None
 
 
 def _catalog(config: LabConfig) -> Catalog:
@@ -178,10 +186,8 @@ def up(
     if native_lab:
         from drill import native
 
-        try:
+        with _failing_on(LabError):
             _print_status(native.up(config, only=only))
-        except LabError as exc:
-            raise _fail(str(exc)) from None
         return
     from drill import compose
 
@@ -190,10 +196,8 @@ def up(
             "no Docker engine answers here (`docker info`), so the compose lab cannot start; "
             "start the native lab instead, which needs no Docker: drill up --native"
         )
-    try:
+    with _failing_on(compose.ComposeError):
         started = compose.up(config, only or [])
-    except compose.ComposeError as exc:
-        raise _fail(str(exc)) from None
     console.print(f"compose lab up: {', '.join(started)}", highlight=False)
 
 
@@ -202,10 +206,8 @@ def down(root: RootOption = None) -> None:
     """Stop exactly what `drill up --native` started."""
     from drill import native
 
-    try:
+    with _failing_on(LabError):
         stopped = native.down(_config(root))
-    except LabError as exc:
-        raise _fail(str(exc)) from None
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
@@ -214,10 +216,8 @@ def status(root: RootOption = None) -> None:
     """Show each service's process and readiness."""
     from drill import native
 
-    try:
+    with _failing_on(LabError):
         rows = native.status(_config(root))
-    except LabError as exc:
-        raise _fail(str(exc)) from None
     _print_status(rows)
     if not all(row.ready for row in rows):
         raise typer.Exit(1)
@@ -232,13 +232,11 @@ def restart(
     from drill import compose, native
 
     config = _config(root)
-    try:
+    with _failing_on(LabError, compose.ComposeError):
         if compose.use_compose(config):
             _print_status(compose.restart(config, services or []))
         else:
             _print_status(native.restart(config, services or list(SERVICES)))
-    except (LabError, compose.ComposeError) as exc:
-        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -252,10 +250,8 @@ def serve(
     """Run services in the foreground (a compose container's command); exit when one exits."""
     from drill import compose
 
-    try:
+    with _failing_on(compose.ComposeError):
         code = compose.serve(_config(root), services, host=host)
-    except compose.ComposeError as exc:
-        raise _fail(str(exc)) from None
     raise typer.Exit(code)
 
 
@@ -264,10 +260,8 @@ def flags_list(root: RootOption = None) -> None:
     """Every flag, its live variant, the layer it comes from and what it does."""
     config = _config(root)
     catalog = _catalog(config)
-    try:
+    with _failing_on(FlagStateError):
         live = live_flags(config.state_dir, catalog)
-    except FlagStateError as exc:
-        raise _fail(str(exc)) from None
     table = _table("flag", "live", "from", "variants", "description")
     for key, spec in catalog.flags.items():
         variant, value, share = describe(live[key].definition)
@@ -330,14 +324,12 @@ def flags_reset(
     config = _config(root)
     catalog = _catalog(config)
     layers = LAYERS if every_layer else (INSTRUCTOR,)
-    try:
+    with _failing_on(FlagStateError):
         for layer in layers:
             cleared = clear_layer(config.state_dir, catalog, layer, flags)
             typer.echo(f"{layer} layer: cleared {', '.join(cleared) or 'nothing'}")
             off = {key: (catalog[key].default_variant, None) for key in cleared}
             _journal_flags(config, off, layer)
-    except FlagStateError as exc:
-        raise _fail(str(exc)) from None
     _note_held(config, catalog, flags or list(catalog.flags), only_on=True)
 
 
@@ -376,10 +368,8 @@ def scenarios(root: RootOption = None) -> None:
     from drill.scenarios import ScenarioFileError, load_program
 
     config = _config(root)
-    try:
+    with _failing_on(ScenarioFileError):
         program = load_program(config.root / "scenarios.yaml")
-    except ScenarioFileError as exc:
-        raise _fail(str(exc)) from None
     table = _table("scenario", "title", "triggers", "load")
     for name, scenario in program.scenarios.items():
         triggers = ", ".join(
@@ -404,10 +394,8 @@ def guardrails(
         "drill.guardrails",
         "the guardrails arrive in phase 4 (the instructor's `drill pack phase4`)",
     )
-    try:
+    with _failing_on(checks.GuardrailsError):
         report = checks.run(root or find_root(Path.cwd()), paths or [])
-    except checks.GuardrailsError as exc:
-        raise _fail(str(exc)) from None
     for finding in report.findings:
         console.print(finding.render(), markup=False, highlight=False, soft_wrap=True)
     for note in report.notes:
@@ -484,7 +472,7 @@ def verify(
     from drill.verify import VerifyError, run_verify
 
     config = _config(root)
-    try:
+    with _failing_on(VerifyError, ScenarioFileError):
         result = run_verify(
             config,
             scenario,
@@ -492,8 +480,6 @@ def verify(
             seconds=duration,
             users=users,
         )
-    except (VerifyError, ScenarioFileError) as exc:
-        raise _fail(str(exc)) from None
     _print_result(result)
     if json_path is not None:
         json_path.write_text(result.to_json())
@@ -572,12 +558,10 @@ def evidence(
     from drill.scenarios import ScenarioFileError
 
     config = _config(root)
-    try:
+    with _failing_on(bundle_sources.EvidenceError, ScenarioFileError):
         bundle = bundle_sources.collect(
             config, scenario, trace_ids, since=since, log_lines=log_lines
         )
-    except (bundle_sources.EvidenceError, ScenarioFileError) as exc:
-        raise _fail(str(exc)) from None
     if out is None:
         typer.echo(bundle.markdown(), nl=False)
         return
@@ -595,10 +579,8 @@ def solution_apply(name: str, root: RootOption = None) -> None:
     """Apply solutions/NAME.patch to the service code (then `drill restart`)."""
     from drill import solutions
 
-    try:
+    with _failing_on(solutions.SolutionError):
         solutions.apply(_config(root).root, name)
-    except solutions.SolutionError as exc:
-        raise _fail(str(exc)) from None
     console.print(f"applied {name}; restart the services to run it: drill restart")
 
 
@@ -607,10 +589,8 @@ def solution_revert(name: str, root: RootOption = None) -> None:
     """Take solutions/NAME.patch back out."""
     from drill import solutions
 
-    try:
+    with _failing_on(solutions.SolutionError):
         solutions.apply(_config(root).root, name, reverse=True)
-    except solutions.SolutionError as exc:
-        raise _fail(str(exc)) from None
     console.print(f"reverted {name}; restart the services: drill restart")
 
 
@@ -679,14 +659,12 @@ def program_start(
     from drill.scenarios import ScenarioFileError
 
     config = _config(root)
-    try:
+    with _failing_on(runner.ProgramError, ScenarioFileError, ValueError):
         started = control.start(
             config, foreground=foreground, at=at, speed=speed, seed=seed, fresh=fresh,
             traffic=traffic, annotations=annotations, listen=listen,
             started_at=None if started_at is None else _wall_clock(started_at),
         )  # fmt: skip
-    except (runner.ProgramError, ScenarioFileError, ValueError) as exc:
-        raise _fail(str(exc)) from None
     how = "resumed" if started.resumed else "started"
     console.print(
         f"program {how} at {format_clock(started.at)} (seed {started.seed}), runner pid "
@@ -734,11 +712,9 @@ def _clock_command(action: str, target: str | None, root: Path | None) -> None:
     from drill.scenarios import ScenarioFileError
 
     config = _config(root)
-    try:
+    with _failing_on(runner.ProgramError, ScenarioFileError):
         clock = control.change_clock(config, action, target)
         alive = runner.runner_alive(runner.ProgramFiles.of(config.state_dir))
-    except (runner.ProgramError, ScenarioFileError) as exc:
-        raise _fail(str(exc)) from None
     console.print(f"{action}: program clock at {format_clock(clock.at)}"
                   + (" (paused)" if clock.paused else ""), highlight=False)  # fmt: skip
     if alive is None:
@@ -779,10 +755,8 @@ def program_stop(root: RootOption = None) -> None:
     from drill.scenarios import ScenarioFileError
 
     config = _config(root)
-    try:
+    with _failing_on(runner.ProgramError, ScenarioFileError):
         console.print(control.stop(config))
-    except (runner.ProgramError, ScenarioFileError) as exc:
-        raise _fail(str(exc)) from None
 
 
 # -- teams: the instructor's side (on the runner's machine) and each team's ------------------
@@ -798,10 +772,8 @@ def _workshop(config: LabConfig) -> Any:
     from drill.scenarios import ScenarioFileError
 
     files = ProgramFiles.of(config.state_dir)
-    try:
+    with _failing_on(ScenarioFileError):
         program, _ = load(config)
-    except ScenarioFileError as exc:
-        raise _fail(str(exc)) from None
     return Workshop(files.directory, program, Journal(files.journal))
 
 
@@ -935,10 +907,8 @@ def claim(
         console.print(f"trace {trace}: {where}", highlight=False)
     body = {"scenario": scenario, "text": text, "trace_ids": ids, "promql": promql,
             "found_locally": {t: s for t, s in found.items() if s}}  # fmt: skip
-    try:
+    with _failing_on(TeamClientError):
         filed = _scoreboard(config).call("POST", "/claims", body)
-    except TeamClientError as exc:
-        raise _fail(str(exc)) from None
     console.print(f"claim {filed['id']} filed on {scenario}: the instructor will judge it")
 
 
@@ -991,10 +961,8 @@ def notes(scenario: str, root: RootOption = None) -> None:
     """The scenario's solution notes, once your team's root-cause claim is accepted."""
     from drill.program.team_client import TeamClientError
 
-    try:
+    with _failing_on(TeamClientError):
         console.print(_scoreboard(_config(root)).call("GET", f"/notes/{scenario}"), markup=False)
-    except TeamClientError as exc:
-        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -1011,10 +979,8 @@ def postmortem(
     from drill.scenarios import ScenarioFileError
 
     config = _config(root)
-    try:
+    with _failing_on(PostmortemError, ScenarioFileError):
         text = draft(config, team, scenario)
-    except (PostmortemError, ScenarioFileError) as exc:
-        raise _fail(str(exc)) from None
     path = out or Path(f"postmortem-{team}-{scenario}.md")
     path.write_text(text)
     console.print(
@@ -1039,10 +1005,8 @@ def pack_phase4(
 ) -> None:
     """Write phase 4's handout: the guardrails, their pre-commit hook and the spec template."""
     pack = _instructors_module("drill.pack", "pack from the instructors' lab tree")
-    try:
+    with _failing_on(pack.PackError):
         handout = pack.build_phase4(_config(root).root, out, allow_dirty=allow_dirty)
-    except pack.PackError as exc:
-        raise _fail(str(exc)) from None
     console.print(
         f"phase 4 handout: {handout.path} ({handout.files} files from {handout.commit[:12]}); "
         f"teams run: tar -xzf {handout.path.name} -C <their repository>",
@@ -1062,10 +1026,8 @@ def pack_participants(
 ) -> None:
     """Write the participant kit: the lab without its solutions, instructor notes or spoilers."""
     pack = _instructors_module("drill.pack", "pack from the instructors' lab tree")
-    try:
+    with _failing_on(pack.PackError):
         kit = pack.build(_config(root).root, out, fmt=fmt, allow_dirty=allow_dirty)
-    except pack.PackError as exc:
-        raise _fail(str(exc)) from None
     console.print(
         f"participant kit: {kit.path} ({kit.format}, {kit.files} files, one commit "
         f"{kit.commit[:12]})",
@@ -1098,10 +1060,8 @@ def report(
     except ValueError as exc:
         raise _fail(f"--since: {exc}") from None
     config = _config(root)
-    try:
+    with _failing_on(ReportError):
         written = write_report(config, out or default_out(fmt), fmt, seconds, probe=probe)
-    except ReportError as exc:
-        raise _fail(str(exc)) from None
     console.print(f"wrote {', '.join(map(str, written))}", markup=False, highlight=False)
 
 
