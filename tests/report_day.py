@@ -16,13 +16,11 @@ from __future__ import annotations
 import json
 import math
 import random
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -35,6 +33,7 @@ from drill.report.prom import QUERIES
 from drill.scenarios import Program, load_program
 from drill.verify import CheckResult, VerifyResult
 from tests.conftest import REPO_ROOT
+from tests.servers import QuietHandler, serving
 
 FULL_DAY_S = 3 * 3600.0
 SCENARIOS = ("fp-drift", "circular-deadlock", "n-plus-one")
@@ -425,20 +424,12 @@ def range_answer(day: Day, name: str, start: float, end: float, step: float) -> 
     }
 
 
-class _Stub(BaseHTTPRequestHandler):
+class _Stub(QuietHandler):
     day: Day
     traces: list[dict[str, Any]]
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
     def _send(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.reply(status, json.dumps(body).encode())
 
     def do_GET(self) -> None:
         url = urlparse(self.path)
@@ -475,15 +466,8 @@ class _Stub(BaseHTTPRequestHandler):
 @contextmanager
 def stub_server(day: Day, traces: list[dict[str, Any]] | None = None) -> Iterator[str]:
     """A Prometheus (and Jaeger) HTTP API on a free port answering with the day; its URL."""
-    handler = type("Stub", (_Stub,), {"day": day, "traces": traces or []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(type("Stub", (_Stub,), {"day": day, "traces": traces or []})) as url:
+        yield url
 
 
 def jaeger_trace(day: Day, at: datetime, statements: int, calls: int) -> dict[str, Any]:

@@ -18,10 +18,9 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from drill.collectors import read_truth
-from drill.solutions import copy_lab
 from drill.verify import read_samples
 from tests.conftest import REPO_ROOT
-from tests.labs import check_results, explain, lab_env, run_drill
+from tests.labs import check_results, explain, native_labs, run_drill
 from tests.labs import verify as run_verify
 from tests.otlp import ExportedSpan, otlp_receiver
 from tests.polling import poll_until
@@ -40,28 +39,22 @@ FLAG_WAIT_S = 30
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[object]:
     """Start the chain services from a tree (patched or not) on free ports; stop them after."""
-    started: list[tuple[Path, dict[str, str]]] = []
+    with native_labs(tmp_path, "chain") as labs:
 
-    def start(
-        patch: str | None = None,
-        otlp_endpoint: str | None = None,
-        shortcuts: tuple[Path, ...] = (),
-    ) -> tuple[Path, dict[str, str]]:
-        root = copy_lab(
-            REPO_ROOT, tmp_path / f"tree-{len(started)}", solution=patch, patches=shortcuts
-        )
-        env = lab_env(root)
-        if otlp_endpoint:
+        def start(
+            patch: str | None = None,
+            otlp_endpoint: str | None = None,
+            shortcuts: tuple[Path, ...] = (),
+        ) -> tuple[Path, dict[str, str]]:
             # Export promptly: the test waits for the spans, not for the default 5 s batch.
-            env.update(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, OTEL_BSP_SCHEDULE_DELAY="200")
-        started.append((root, env))
-        up = run_drill(root, env, "up", "--native", "--only", "chain")
-        assert up.returncode == 0, up.stderr + up.stdout
-        return root, env
+            tracing = (
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+                if otlp_endpoint
+                else {}
+            )
+            return labs.start(patch, shortcuts, env=tracing)
 
-    yield start
-    for root, env in started:
-        run_drill(root, env, "down")
+        yield start
 
 
 def url(env: dict[str, str], port: int = 8011) -> str:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from drill.solutions import copy_lab
 from tests.conftest import REPO_ROOT
-from tests.labs import check_results, drop_database, explain, fresh_database, lab_env, run_drill
+from tests.labs import check_results, explain, native_labs
 from tests.labs import verify as run_verify
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -30,30 +29,19 @@ COMMIT_ACTED = "trigger.ledger.commit_latency_ms.acted"
 @pytest.fixture
 def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
     """Start the ledger from a tree (patched or not) with its own database; stop it after."""
-    started: list[tuple[Path, dict[str, str]]] = []
+    with native_labs(tmp_path, "ledger") as labs:
 
-    def start(
-        patch: str | None = None, sqlite: bool = False, shortcut: str | None = None
-    ) -> tuple[Path, dict[str, str]]:
-        patches = [SHORTCUTS / f"fp-drift-{shortcut}.patch"] if shortcut else []
-        root = copy_lab(
-            REPO_ROOT, tmp_path / f"tree-{len(started)}", solution=patch, patches=patches
-        )
-        database_url = None
-        if not sqlite:
-            postgres_url = request.getfixturevalue("postgres_url")
-            database_url = fresh_database(f"{postgres_url.rsplit('/', 1)[1]}_{len(started)}")
-        env = lab_env(root, database_url=database_url)
-        started.append((root, env))
-        up = run_drill(root, env, "up", "--native", "--only", "ledger")
-        assert up.returncode == 0, up.stderr + up.stdout
-        return root, env
+        def start(
+            patch: str | None = None, sqlite: bool = False, shortcut: str | None = None
+        ) -> tuple[Path, dict[str, str]]:
+            patches = [SHORTCUTS / f"fp-drift-{shortcut}.patch"] if shortcut else []
+            database = None
+            if not sqlite:
+                postgres_url = request.getfixturevalue("postgres_url")
+                database = f"{postgres_url.rsplit('/', 1)[1]}_{len(labs.started)}"
+            return labs.start(patch, patches, database)
 
-    yield start
-    for root, env in started:
-        run_drill(root, env, "down")
-        if "DATABASE_URL" in env:
-            drop_database(env["DATABASE_URL"].rsplit("/", 1)[1])
+        yield start
 
 
 def verify(root: Path, env: dict[str, str], *extra: str) -> tuple[int, dict]:

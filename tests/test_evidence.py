@@ -19,15 +19,12 @@ import logging
 import math
 import re
 import shutil
-import socket
 import subprocess
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,6 +41,7 @@ from drill.cli import app
 from drill.native import free_port_offset
 from drill.verify import CheckResult, VerifyResult
 from tests.conftest import REPO_ROOT, need_server
+from tests.servers import QuietHandler, closed_url, serving
 
 runner = CliRunner()
 TOKEN = "team-7-secret-token"
@@ -69,37 +67,15 @@ def _json_reply(status: int, body: Any) -> Reply:
 
 @contextmanager
 def stand_in(handle: Callable[[str, Mapping[str, str]], Reply]) -> Iterator[str]:
-    """An HTTP server on a free port of 127.0.0.1 answering GETs with handle(path, headers)."""
+    """A server on a free port of 127.0.0.1 answering GETs with handle(path, headers)."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             status, content_type, body = handle(self.path, dict(self.headers))
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(status, body, content_type)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def closed_url() -> str:
-    """A URL on which nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    with serving(Handler) as url:
+        yield url
 
 
 # -- Jaeger's JSON, as Jaeger's OTLP translator makes it ---------------------------------------

@@ -9,12 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +51,7 @@ from faults import (
     verify_overlay,
 )
 from tests.conftest import REPO_ROOT
+from tests.servers import QuietHandler, closed_url, serving
 
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 CATALOG = load_catalog()
@@ -382,7 +381,7 @@ def test_the_api_serves_the_phase_as_metrics_and_json() -> None:
 # -- annotations against an HTTP server of the test's own (Grafana does not run here) --------
 
 
-class _Grafana(BaseHTTPRequestHandler):
+class _Grafana(QuietHandler):
     """Answers annotation calls like Grafana (an id per POST), or 503 while `down`."""
 
     calls: list[tuple[str, str, dict[str, Any]]] = []
@@ -392,23 +391,13 @@ class _Grafana(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
         if self.down[0]:
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.reply(503)
             return
         self.calls.append((self.command, self.path, body))
         posts = sum(method == "POST" for method, _, _ in self.calls)
-        answer = json.dumps({"id": posts, "message": "ok"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
+        self.reply(200, json.dumps({"id": posts, "message": "ok"}).encode())
 
     do_POST = do_PATCH = _answer
-
-    def log_message(self, *_args: Any) -> None:
-        pass
 
 
 Calls = list[tuple[str, str, dict[str, Any]]]
@@ -418,15 +407,8 @@ Calls = list[tuple[str, str, dict[str, Any]]]
 def grafana() -> Iterator[tuple[str, Calls, list[bool]]]:
     calls: Calls = []
     down = [False]
-    handler = type("Handler", (_Grafana,), {"calls": calls, "down": down})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", calls, down
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(type("Handler", (_Grafana,), {"calls": calls, "down": down})) as url:
+        yield url, calls, down
 
 
 def journal_note(config: native.LabConfig) -> Any:
@@ -493,49 +475,40 @@ def test_a_grafana_that_does_not_answer_costs_one_note_per_outage(
     assert [body["text"] for method, _, body in calls if method == "POST"] == ["flag again"]
 
 
-def closed_url() -> str:
-    """A URL on which nothing listens."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
 # -- background traffic: a real Locust against a server of the test's own -------------------
 
 
-class _Target(BaseHTTPRequestHandler):
+class _Target(QuietHandler):
     hits: list[str] = []
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         self.hits.append(self.path)
-        answer = b"{}"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
+        self.reply(200, b"{}")
 
     do_GET = do_POST = _answer
 
-    def log_message(self, *_args: Any) -> None:
-        pass
+
+@pytest.fixture
+def load_target() -> Iterator[tuple[str, list[str]]]:
+    """A scenario host of the test's own: its URL, and the paths it was asked for."""
+    hits: list[str] = []
+    with serving(type("T", (_Target,), {"hits": hits})) as url:
+        yield url, hits
 
 
 def test_background_traffic_runs_a_steady_locust_and_stops_within_two_seconds(
-    config: native.LabConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    config: native.LabConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    load_target: tuple[str, list[str]],
 ) -> None:
     """A phase's traffic starts headless Locust at a quarter of verify's users against the
     scenario's host; a restarted runner adopts it; stopping ends it within 2 s, and it wrote
     nothing into verify's files."""
-    hits: list[str] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("T", (_Target,), {"hits": hits}))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("DRILL_LEDGER_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    url, hits = load_target
+    monkeypatch.setenv("DRILL_LEDGER_URL", url)
     verify_samples = tmp_path / "verify-samples.tsv"
     monkeypatch.setenv("DRILL_SAMPLES", str(verify_samples))
     program, _ = load(config)
@@ -560,8 +533,6 @@ def test_background_traffic_runs_a_steady_locust_and_stops_within_two_seconds(
         assert not processes.alive(pid)
     finally:
         traffic.stop_all()
-        server.shutdown()
-        server.server_close()
     assert not verify_samples.exists()
     assert not (config.state_dir / "runs").exists()
 
@@ -626,18 +597,16 @@ def wait_for(check: Any, what: str, timeout: float = 20) -> None:
 
 
 def test_the_runner_process_rolls_back_within_two_seconds_of_sigterm(
-    config: native.LabConfig,
+    config: native.LabConfig, load_target: tuple[str, list[str]]
 ) -> None:
     """A foreground runner serves /metrics, refuses a second start and runs the dark room's
     background Locust, one per scenario of the phase; on SIGTERM, within 2 s, every program
     flag is off and every Locust is gone, with traffic_stopped and program_stopped journaled."""
-    hits: list[str] = []
-    target = ThreadingHTTPServer(("127.0.0.1", 0), type("T", (_Target,), {"hits": hits}))
-    threading.Thread(target=target.serve_forever, daemon=True).start()
+    url, hits = load_target
     offset = free_runner_offset()
     env = drill_env(config, offset)
     for service in ("LEDGER", "CHAIN_A", "FEED"):  # whichever scenario the seed makes live
-        env[f"DRILL_{service}_URL"] = f"http://127.0.0.1:{target.server_address[1]}"
+        env[f"DRILL_{service}_URL"] = url
     # At x60 the dark room lasts 45 s of wall time: the stop lands in it, flags on.
     process = start_runner(config, env, "--speed", "60", "--at", "0:14", traffic=True)
     files = ProgramFiles.of(config.state_dir)
@@ -661,8 +630,6 @@ def test_the_runner_process_rolls_back_within_two_seconds_of_sigterm(
         assert process.wait(timeout=5) == 0
     finally:
         end_runner(config, process)
-        target.shutdown()
-        target.server_close()
     assert served(config) == {}
     stopped = [e.fields["scenario"] for e in events(config, "traffic_stopped")]
     assert sorted(stopped) == sorted(lo.scenario for lo in locusts)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from services.feed.seed import ANCHORS
 from services.kit.work import RequestWork, observe_request
 from tests.conftest import REPO_ROOT, need_server
 from tests.report_day import Day, jaeger_trace, openmetrics, stub_server, write_day, write_run
+from tests.servers import closed_url
 
 runner = CliRunner()
 SECTIONS = ("timeline", "ledger", "chain", "feed", "teams")
@@ -112,13 +112,6 @@ def check_plot(image: dict[str, str]) -> None:
     colours = picture.getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 10, f"{image['figure']}: a blank picture"
     assert int(image["data-points"]) > 0, f"{image['figure']}: plotted no data points"
-
-
-def closed_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from drill.program.plan import wanted
 from drill.program.runner import ProgramFiles
 from drill.scenarios import load_program
 from tests.conftest import REPO_ROOT
+from tests.servers import closed_url
 from tests.test_program_runner import (
     DRILL_CLI,
-    closed_url,
     drill_env,
     end_runner,
     free_runner_offset,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from drill.lab import processes
 from drill.program.api import RUNNER_PORT
 from drill.program.plan import wanted
 from drill.program.runner import ProgramFiles
@@ -32,7 +32,8 @@ from drill.scenarios import load_program
 from drill.solutions import copy_lab
 from tests.conftest import REPO_ROOT
 from tests.labs import drop_database, explain, fresh_database, lab_env, run_drill
-from tests.test_program_runner import closed_url, free_runner_offset
+from tests.servers import closed_url
+from tests.test_program_runner import free_runner_offset
 
 # A verdict with a latency bound (red's fix must pass verify): it runs with the drills' verdicts,
 # in a pinned lane, not beside the other lab tests.
@@ -211,10 +212,4 @@ def _wait(check: Any, what: str, timeout: float = 60) -> None:
 
 
 def _stop(runner: subprocess.Popen[bytes]) -> None:
-    if runner.poll() is None:
-        runner.send_signal(signal.SIGTERM)
-        try:
-            runner.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            runner.kill()
-            runner.wait()
+    processes.end(runner, 10)
