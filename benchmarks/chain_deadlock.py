@@ -35,6 +35,7 @@ import psutil
 from _lab import header, median, percentile, print_table, running_lab
 
 from drill import machine, native
+from drill.lab import processes
 from faults import load_catalog, reset_flags, set_flags
 
 SCENARIO = "circular-deadlock"
@@ -95,12 +96,7 @@ def time_to_deadlock(root: Path, config: native.LabConfig) -> float | None:
                         return last_progress - started
                 return None
             finally:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                processes.end(process, 20, signal.SIGINT)
 
 
 @dataclass

@@ -62,61 +62,53 @@ def existing_postings(engine: Engine) -> int:
     return int(count or 0)
 
 
+# How each version's columns take a pre-loaded USD credit: the account's balance before the
+# load, the insert, and the amount per row (shipped: a float; patched: integer cents).
+SHIPPED_START = (
+    "SELECT COALESCE(SUM(amount), 0) FROM ledger_transactions "
+    "WHERE account_id = :a AND currency = 'USD'"
+)
+SHIPPED_INSERT = (
+    "INSERT INTO ledger_transactions (account_id, direction, amount, currency, "
+    "balance_after, amount_received, currency_received, fx_rate, idempotency_key) "
+    "VALUES (:a, 'credit', :m, 'USD', :b, :r, 'USD', '1', NULL)"
+)
+PATCHED_START = (
+    "SELECT amount_minor FROM ledger_balances WHERE account_id = :a AND currency = 'USD'"
+)
+PATCHED_INSERT = (
+    "INSERT INTO ledger_transactions (account_id, direction, amount_minor, currency, "
+    "balance_after_minor, amount_received, currency_received, fx_rate, "
+    "idempotency_key) VALUES (:a, 'credit', :m, 'USD', :b, :r, 'USD', '1', NULL)"
+)
+# The patched ledger also keeps the account's balance in a row of its own.
+PATCHED_BALANCE = (
+    "INSERT INTO ledger_balances (account_id, currency, amount_minor) "
+    "VALUES (:a, 'USD', :m) ON CONFLICT (account_id, currency) "
+    "DO UPDATE SET amount_minor = ledger_balances.amount_minor + excluded.amount_minor"
+)
+
+
 def seed(engine: Engine, rows: int, patched: bool) -> None:
     """Insert `rows` USD credits of AMOUNT on ACCOUNT, keeping running balances right."""
     if rows <= 0:
         return
-    minor = int(AMOUNT * 100)
+    step: int | float
+    if patched:
+        start_sql, insert_sql, step = PATCHED_START, PATCHED_INSERT, int(AMOUNT * 100)
+    else:
+        start_sql, insert_sql, step = SHIPPED_START, SHIPPED_INSERT, float(AMOUNT)
     with engine.begin() as conn:
+        balance = type(step)(conn.execute(text(start_sql), {"a": ACCOUNT}).scalar() or 0)
+        insert = text(insert_sql)
+        for first in range(0, rows, CHUNK):
+            batch = []
+            for _ in range(min(CHUNK, rows - first)):
+                balance += step
+                batch.append({"a": ACCOUNT, "m": step, "b": balance, "r": str(AMOUNT)})
+            conn.execute(insert, batch)
         if patched:
-            start = conn.execute(
-                text(
-                    "SELECT amount_minor FROM ledger_balances "
-                    "WHERE account_id = :a AND currency = 'USD'"
-                ),
-                {"a": ACCOUNT},
-            ).scalar()
-            balance = int(start or 0)
-            insert = text(
-                "INSERT INTO ledger_transactions (account_id, direction, amount_minor, currency, "
-                "balance_after_minor, amount_received, currency_received, fx_rate, "
-                "idempotency_key) VALUES (:a, 'credit', :m, 'USD', :b, :r, 'USD', '1', NULL)"
-            )
-            for first in range(0, rows, CHUNK):
-                batch = []
-                for _ in range(min(CHUNK, rows - first)):
-                    balance += minor
-                    batch.append({"a": ACCOUNT, "m": minor, "b": balance, "r": str(AMOUNT)})
-                conn.execute(insert, batch)
-            conn.execute(
-                text(
-                    "INSERT INTO ledger_balances (account_id, currency, amount_minor) "
-                    "VALUES (:a, 'USD', :m) ON CONFLICT (account_id, currency) "
-                    "DO UPDATE SET amount_minor = ledger_balances.amount_minor "
-                    "+ excluded.amount_minor"
-                ),
-                {"a": ACCOUNT, "m": minor * rows},
-            )
-        else:
-            start = conn.execute(
-                text(
-                    "SELECT COALESCE(SUM(amount), 0) FROM ledger_transactions "
-                    "WHERE account_id = :a AND currency = 'USD'"
-                ),
-                {"a": ACCOUNT},
-            ).scalar()
-            balance_f = float(start or 0.0)
-            insert = text(
-                "INSERT INTO ledger_transactions (account_id, direction, amount, currency, "
-                "balance_after, amount_received, currency_received, fx_rate, idempotency_key) "
-                "VALUES (:a, 'credit', :m, 'USD', :b, :r, 'USD', '1', NULL)"
-            )
-            for first in range(0, rows, CHUNK):
-                batch = []
-                for _ in range(min(CHUNK, rows - first)):
-                    balance_f += float(AMOUNT)
-                    batch.append({"a": ACCOUNT, "m": float(AMOUNT), "b": balance_f, "r": "1.25"})
-                conn.execute(insert, batch)
+            conn.execute(text(PATCHED_BALANCE), {"a": ACCOUNT, "m": step * rows})
     with engine.begin() as conn:
         conn.execute(text("ANALYZE ledger_transactions"))
 

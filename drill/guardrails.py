@@ -202,11 +202,17 @@ def find_tool(name: str, root: Path) -> str | None:
     return shutil.which(name)
 
 
-def _run_tool(command: list[str], root: Path) -> subprocess.CompletedProcess[str]:
+def _tool_json(name: str, command: list[str], root: Path) -> Any:
+    """What a tool run in root printed as JSON; a GuardrailsError with its tail if not JSON."""
     try:
-        return subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise GuardrailsError(f"{command[0]} could not start: {exc}") from None
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError:
+        tail = (done.stderr or done.stdout).strip()[-2000:]
+        raise GuardrailsError(f"{name} failed (exit {done.returncode}): {tail}") from None
 
 
 # -- semgrep -----------------------------------------------------------------------------------
@@ -220,7 +226,8 @@ def semgrep(root: Path, targets: Sequence[str]) -> list[Finding]:
     rules = root / RULES_DIR
     if not rules.is_dir():
         raise GuardrailsError(f"no semgrep rules at {rules}")
-    done = _run_tool(
+    output = _tool_json(
+        "semgrep",
         [
             executable,
             "scan",
@@ -235,11 +242,6 @@ def semgrep(root: Path, targets: Sequence[str]) -> list[Finding]:
         ],
         root,
     )
-    try:
-        output = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        tail = (done.stderr or done.stdout).strip()[-2000:]
-        raise GuardrailsError(f"semgrep failed (exit {done.returncode}): {tail}") from None
     errors = [e for e in output.get("errors", []) if e.get("level") == "error"]
     if errors:
         said = "; ".join(" ".join(str(e.get("message", e)).split()) for e in errors)
@@ -305,7 +307,8 @@ def ruff(root: Path, targets: Sequence[str]) -> list[Finding]:
     executable = find_tool("ruff", root)
     if executable is None:
         raise GuardrailsError(RUFF_MISSING)
-    done = _run_tool(
+    results = _tool_json(
+        "ruff",
         [
             executable,
             "check",
@@ -322,11 +325,6 @@ def ruff(root: Path, targets: Sequence[str]) -> list[Finding]:
         ],
         root,
     )
-    try:
-        results = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        tail = (done.stderr or done.stdout).strip()[-2000:]
-        raise GuardrailsError(f"ruff failed (exit {done.returncode}): {tail}") from None
     findings = []
     for result in results:
         code = str(result["code"])

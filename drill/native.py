@@ -8,11 +8,10 @@ model's names, so `native.LabConfig` and `native.SERVICES` read as before.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import subprocess
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,16 +169,9 @@ def _prepare(config: LabConfig) -> None:
         faults.recompute_document(config.state_dir, faults.load_catalog())
 
 
-@contextlib.contextmanager
-def _locked(config: LabConfig) -> Iterator[None]:
+def _locked(config: LabConfig) -> contextlib.AbstractContextManager[None]:
     # Two `drill up`s at once would both see a service as stopped and race for its port.
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(config.run_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return runfiles.locked(config.run_dir / ".lock")
 
 
 def _client() -> httpx.Client:

@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 import faults
 from drill import compose, native
 from drill.cli import app
+from drill.lab import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 DRILL = [sys.executable, "-m", "drill.cli"]
@@ -515,12 +516,7 @@ def chain_runner(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
         _wait_ready(process, [f"http://127.0.0.1:{p + offset}" for p in (8011, 8012, 8013)])
         yield process, offset
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        processes.end(process, 20)
         if process.stdout is not None:
             process.stdout.close()
 

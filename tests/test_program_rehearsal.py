@@ -88,13 +88,8 @@ def stop_runner(lab: Lab) -> None:
     """A runner still running (the test failed) gets SIGTERM and rolls back; `drill program
     stop` then rolls back whatever a runner left behind (flags, Locust)."""
     process = lab.runner
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    if process is not None:
+        processes.end(process, 10)
     run_drill(lab.root, lab.env, "program", "stop")
     # A Locust the runner lost track of (a failure this test looks for) is ended here.
     for pid in lab_locusts(lab.root):

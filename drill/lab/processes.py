@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -74,17 +75,20 @@ def stop(pid: int) -> None:
         alive(pid)  # reaps it if it was our child
         return
     # start_new_session made the service its group's leader; any other group is not ours.
-    _signal(pid, signal.SIGTERM, group)
+    send(pid, signal.SIGTERM, group)
     if wait_gone(pid, STOP_TIMEOUT_S):
         return
     log.warning("pid %d ignored SIGTERM for %g s; sending SIGKILL", pid, STOP_TIMEOUT_S)
-    _signal(pid, signal.SIGKILL, group)
+    send(pid, signal.SIGKILL, group)
     if not wait_gone(pid, 5.0):
         raise LabError(f"pid {pid} survived SIGKILL; check it with `ps -o pid,stat,cmd {pid}`")
 
 
-def _signal(pid: int, signum: signal.Signals, group: bool) -> None:
+def send(pid: int, signum: signal.Signals, group: bool | None = None) -> None:
+    """Signal pid, or its whole group when it leads one (group=None: ask); gone is fine."""
     try:
+        if group is None:
+            group = os.getpgid(pid) == pid
         if group:
             os.killpg(pid, signum)
         else:
@@ -96,6 +100,17 @@ def _signal(pid: int, signum: signal.Signals, group: bool) -> None:
             f"not allowed to stop pid {pid}; it belongs to another user, so stop it as that "
             f"user (`sudo kill {pid}`)"
         ) from None
+
+
+def end(process: subprocess.Popen[Any], timeout: float, signum: int = signal.SIGTERM) -> int:
+    """Ask a child of ours to stop with signum, SIGKILL it after timeout s; its exit code."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

@@ -15,7 +15,6 @@ traffic logs.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import logging
@@ -23,7 +22,7 @@ import os
 import signal
 import threading
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 from drill import native
 from drill.agenda import REVEAL_FLAG, Phase, format_clock
-from drill.lab import processes
+from drill.lab import processes, runfiles
 from drill.program.annotations import Annotator
 from drill.program.api import HOST, RUNNER_PORT, ApiServer, Board, create_app
 from drill.program.clock import ProgramClock
@@ -91,16 +90,9 @@ class ProgramFiles:
     def annotations(self) -> Path:
         return self.directory / "annotations.json"
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """The lock that start, stop and the clock commands hold (the runner only reads)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return runfiles.locked(self.directory / ".lock")
 
     def read_clock(self) -> ProgramClock | None:
         """The clock, None when there is no program; a damaged file raises ValueError."""
@@ -110,7 +102,7 @@ class ProgramFiles:
             return None
 
     def write_clock(self, clock: ProgramClock) -> None:
-        _write_atomic(self.clock, clock.to_json() + "\n")
+        runfiles.write_text(self.clock, clock.to_json() + "\n")
 
     def read_run(self) -> dict[str, Any]:
         try:
@@ -120,13 +112,11 @@ class ProgramFiles:
         return document if isinstance(document, dict) else {}
 
     def write_run(self, document: dict[str, Any]) -> None:
-        _write_atomic(self.run, json.dumps(document, indent=2, sort_keys=True) + "\n")
+        runfiles.write_json(self.run, document)
 
     def update_run(self, **fields: Any) -> dict[str, Any]:
         """Change some of run.json's fields: the runner and start may both write it."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".run.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with runfiles.locked(self.directory / ".run.lock"):
             document = {**self.read_run(), **fields}
             self.write_run(document)
         return document
@@ -139,14 +129,6 @@ class ProgramFiles:
             if process is not None:
                 records[process.scenario] = process
         return records
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # Readers (the runner every tick, status) see the old file or the new one, never half.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def runner_alive(files: ProgramFiles) -> int | None:

@@ -94,7 +94,8 @@ def stop_processes(processes: list[TrafficProcess], grace: float = STOP_GRACE_S)
     process already gone is fine. All together: three scenarios stop within one grace."""
     mine = [process for process in processes if owned(process)]
     for process in mine:
-        _signal_group(process.pid, signal.SIGTERM)
+        # start_new_session made Locust its group's leader: its gevent workers go with it.
+        procs.send(process.pid, signal.SIGTERM)
     for signum, wait in ((signal.SIGKILL, grace), (None, 1.0)):
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and any(procs.alive(p.pid) for p in mine):
@@ -102,18 +103,7 @@ def stop_processes(processes: list[TrafficProcess], grace: float = STOP_GRACE_S)
         mine = [process for process in mine if procs.alive(process.pid)]
         if signum is not None:
             for process in mine:
-                _signal_group(process.pid, signum)
-
-
-def _signal_group(pid: int, signum: signal.Signals) -> None:
-    try:
-        # start_new_session made Locust its group's leader: its gevent workers go with it.
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signum)
-        else:
-            os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+                procs.send(process.pid, signum)
 
 
 class Traffic:

@@ -88,6 +88,19 @@ def _scaled(series: Series | None, factor: float) -> Series | None:
     return Series(series.labels, series.times, tuple(v * factor for v in series.values))
 
 
+def _metrics(
+    data: Gathered, rows: Sequence[tuple[str, str, str, float]], finite_only: bool = False
+) -> list[plots.Metric]:
+    """A panel for each (query, title, unit, scale) that Prometheus answered (finite_only: with
+    at least one finite value)."""
+    metrics = []
+    for name, title, unit, factor in rows:
+        series = _scaled(_series(data.answers, name), factor)
+        if series is not None and (series.finite() or not finite_only):
+            metrics.append(plots.Metric(title, unit, ((title, series),)))
+    return metrics
+
+
 def _prometheus_notes(data: Gathered, section: Section, names: Sequence[str]) -> None:
     if data.prometheus_problem:
         section.missing.append(f"{data.prometheus_problem}: no metrics over time.")
@@ -159,29 +172,29 @@ def _samples(run: VerifyRun | None, request: str) -> list[float]:
 # -- the timeline --------------------------------------------------------------------------------
 
 
+# What the timeline says of each kind of journal event; a missing field reads "None".
+_EVENT_TEXT = {
+    "verify_run": "verify {scenario}: {verdict}",
+    "hint_released": "hint {hint} of {scenario} released to the room",
+    "claim_filed": "{team} claims a root cause on {scenario}: {text}",
+    "claim_judged": "claim {claim} of {team} on {scenario}: {verdict}",
+    "verify_submitted": "{team} submitted a verify run of {scenario}: {verdict}",
+    "reveal_changed": "reveal mode {reveal}",
+    "program_started": "the program started (seed {seed})",
+    "program_stopped": "the program stopped ({reason})",
+}
+
+
+class _Fields(dict[str, object]):
+    def __missing__(self, key: str) -> None:
+        return None
+
+
 def _describe(kind: str, fields: dict[str, object]) -> str:
-    f = fields
     if kind == "phase_changed":
-        return f"{f.get('type', 'phase')}: {f.get('entry') or 'the end of the agenda'}"
-    if kind == "verify_run":
-        return f"verify {f.get('scenario')}: {f.get('verdict')}"
-    if kind == "hint_released":
-        return f"hint {f.get('hint')} of {f.get('scenario')} released to the room"
-    if kind == "claim_filed":
-        return f"{f.get('team')} claims a root cause on {f.get('scenario')}: {f.get('text')}"
-    if kind == "claim_judged":
-        return (
-            f"claim {f.get('claim')} of {f.get('team')} on {f.get('scenario')}: {f.get('verdict')}"
-        )
-    if kind == "verify_submitted":
-        return f"{f.get('team')} submitted a verify run of {f.get('scenario')}: {f.get('verdict')}"
-    if kind == "reveal_changed":
-        return f"reveal mode {f.get('reveal')}"
-    if kind == "program_started":
-        return f"the program started (seed {f.get('seed')})"
-    if kind == "program_stopped":
-        return f"the program stopped ({f.get('reason')})"
-    return kind
+        return f"{fields.get('type', 'phase')}: {fields.get('entry') or 'the end of the agenda'}"
+    text = _EVENT_TEXT.get(kind)
+    return kind if text is None else text.format_map(_Fields(fields))
 
 
 def timeline_section(data: Gathered, deploys: dict[str, Deploy]) -> Section:
@@ -203,16 +216,12 @@ def timeline_section(data: Gathered, deploys: dict[str, Deploy]) -> Section:
         f"verify runs: {data.state_dir / 'runs'}/*/result.json ({len(data.runs)} in the window)"
     )
     section.missing.extend(data.run_notes)
-    metrics = []
     keys = (
         ("ledger.gap", "ledger: largest gap, served balance vs recount", "amount", 1.0),
         ("chain.completed", "chain: orders completed per second", "orders/s", 1.0),
         ("feed.p95", "feed: timeline p95", "ms", 1000.0),
     )
-    for name, title, unit, factor in keys:
-        series = _scaled(_series(data.answers, name), factor)
-        if series is not None and series.finite():
-            metrics.append(plots.Metric(title, unit, ((title, series),)))
+    metrics = _metrics(data, keys, finite_only=True)
     _prometheus_notes(data, section, [k[0] for k in keys])
     marks = [(name, d.at) for name, d in deploys.items() if d.at is not None]
     figure = plots.timeline(data.view or data.window, data.events, data.runs, metrics, marks)
@@ -306,14 +315,14 @@ def ledger_section(data: Gathered, deploy: Deploy) -> Section:
                 (("served", served), ("recount", recount)),
             )
         )
-    for name, title, unit, factor in (
-        ("ledger.gap", "largest gap between a served balance and its recount", "amount", 1.0),
-        ("ledger.duplicates", "postings sharing an idempotency key (duplicates)", "postings", 1.0),
-        ("ledger.accuracy", "FP drift accuracy: accounts matching the recount", "%", 100.0),
-    ):
-        series = _scaled(_series(data.answers, name), factor)
-        if series is not None:
-            metrics.append(plots.Metric(title, unit, ((title, series),)))
+    metrics += _metrics(
+        data,
+        (
+            ("ledger.gap", "largest gap between a served balance and its recount", "amount", 1),
+            ("ledger.duplicates", "duplicates: postings sharing an idempotency key", "postings", 1),
+            ("ledger.accuracy", "FP drift accuracy: accounts matching the recount", "%", 100),
+        ),
+    )
     marks = [("fp-drift", deploy.at)] if deploy.at else []
     figure = plots.panels(
         "ledger",
@@ -422,23 +431,14 @@ def chain_section(data: Gathered, deploy: Deploy) -> Section:
             f"{percent(resolution.orders_succeeded)}{after_prom}",
         )
     )
-    metrics = [
-        plots.Metric(title, unit, ((title, series),))
-        for title, unit, series in (
-            (
-                "orders completed per second (chain-a, 2xx)",
-                "orders/s",
-                _series(data.answers, "chain.completed"),
-            ),
-            (
-                "orders waiting for an answer (in flight at chain-a)",
-                "orders",
-                _series(data.answers, "chain.waiting"),
-            ),
-            ("order latency p99 over 30 s", "ms", p99),
-        )
-        if series is not None
-    ]
+    metrics = _metrics(
+        data,
+        (
+            ("chain.completed", "orders completed per second (chain-a, 2xx)", "orders/s", 1),
+            ("chain.waiting", "orders waiting for an answer (in flight at chain-a)", "orders", 1),
+            ("chain.p99", "order latency p99 over 30 s", "ms", 1000),
+        ),
+    )
     shade = None
     if found.first is not None:
         end = found.recovered if found.recovered is not None else epoch(data.window.end)
@@ -618,27 +618,14 @@ def feed_section(data: Gathered, deploy: Deploy) -> Section:
         section.missing.append(
             "no verify-run samples of `GET /feed/{user_id}` to draw the latency distribution from."
         )
-    metrics = [
-        plots.Metric(title, unit, ((title, series),))
-        for title, unit, series in (
-            (
-                "timeline p95 over a minute",
-                "ms",
-                _scaled(_series(data.answers, "feed.p95"), 1000.0),
-            ),
-            (
-                "database statements per timeline (mean over a minute)",
-                "statements",
-                _series(data.answers, "feed.statements"),
-            ),
-            (
-                "external calls per timeline (mean over a minute)",
-                "calls",
-                _series(data.answers, "feed.calls"),
-            ),
-        )
-        if series is not None
-    ]
+    metrics = _metrics(
+        data,
+        (
+            ("feed.p95", "timeline p95 over a minute", "ms", 1000),
+            ("feed.statements", "SQL statements per timeline (1-minute mean)", "statements", 1),
+            ("feed.calls", "external calls per timeline (mean over a minute)", "calls", 1),
+        ),
+    )
     marks = [("n-plus-one", deploy.at)] if deploy.at else []
     over_time = plots.panels(
         "feed",
