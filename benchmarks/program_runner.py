@@ -14,8 +14,8 @@
    renamed into place).
 2. Runner cost. The seed's program as shipped (scenarios.yaml, 3:00) runs against the full
    native lab with background traffic on, by default at x18 (10 wall minutes). Once a second
-   the benchmark reads /proc/<pid>/stat and /proc/<pid>/status of the runner and of every
-   process below it (its headless Locust children), and asks the runner's API for its last
+   the benchmark reads (psutil) the CPU time and RSS of the runner and of every process
+   below it (its headless Locust children), and asks the runner's API for its last
    tick.
 
 Run: PYTHONPATH=. .venv/bin/python benchmarks/program_runner.py [--boundaries 50]
@@ -42,6 +42,7 @@ from types import FrameType
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 from _lab import (
     Lab,
@@ -336,55 +337,35 @@ def report_boundaries(measured: Sequence[Boundary]) -> None:
 
 @dataclass(frozen=True)
 class ProcStat:
-    ppid: int
-    own: int  # utime + stime, clock ticks (every thread)
-    reaped: int  # cutime + cstime: children it has waited for
+    own_s: float  # user + system CPU seconds (every thread)
+    reaped_s: float  # children's user + system: the children it has waited for
     rss_kib: int
 
 
-def proc_stat(pid: int) -> ProcStat | None:
+def proc_stat(process: psutil.Process) -> ProcStat | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
+        with process.oneshot():
+            cpu = process.cpu_times()
+            rss = process.memory_info().rss
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return None
-    # The command name may hold spaces and parentheses: fields start after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    rss = 0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1])
-    return ProcStat(int(fields[1]), utime + stime, cutime + cstime, rss)
+    return ProcStat(cpu.user + cpu.system, cpu.children_user + cpu.children_system, rss // 1024)
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, from /proc's parent links."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: list[int] = []
-    todo = list(children.get(pid, ()))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo.extend(children.get(child, ()))
-    return found
+    """Every process below `pid`."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 @dataclass
 class Sample:
     t: float
-    runner_ticks: int
+    runner_cpu_s: float
     runner_rss: int
-    children_ticks: int  # live descendants' own + reaped, plus what the runner reaped
+    children_cpu_s: float  # live descendants' own + reaped, plus what the runner reaped
     children_rss: int
     children: int
 
@@ -394,20 +375,25 @@ class CostRun:
     samples: list[Sample] = field(default_factory=list)
     ages: list[float] = field(default_factory=list)  # seconds since the runner's last tick
     ticks_seen: set[float] = field(default_factory=set)
-    startup_ticks: int = 0
+    startup_cpu_s: float = 0.0
     ended: str = "time up"
 
 
 def sample(runner_pid: int) -> Sample | None:
-    runner = proc_stat(runner_pid)
+    try:
+        process = psutil.Process(runner_pid)
+        children = process.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return None
+    runner = proc_stat(process)
     if runner is None:
         return None
-    below = [s for s in map(proc_stat, descendants(runner_pid)) if s is not None]
+    below = [s for s in map(proc_stat, children) if s is not None]
     return Sample(
         t=time.monotonic(),
-        runner_ticks=runner.own,
+        runner_cpu_s=runner.own_s,
         runner_rss=runner.rss_kib,
-        children_ticks=runner.reaped + sum(s.own + s.reaped for s in below),
+        children_cpu_s=runner.reaped_s + sum(s.own_s + s.reaped_s for s in below),
         children_rss=sum(s.rss_kib for s in below),
         children=len(below),
     )
@@ -442,9 +428,9 @@ def measure_cost(args: argparse.Namespace, backend: str) -> None:
             f"{program_wall:.0f} s of wall time; measured for {seconds:.0f} s; tick {TICK_S:g} s",
             "Grafana annotations on, at a closed port (no Grafana in the native lab: one "
             "journal note, then skipped)",
-            f"every {SAMPLE_S:g} s: /proc/<pid>/stat (utime+stime) and /proc/<pid>/status "
-            "(VmRSS) of the runner, and of every process below it (headless Locust), plus "
-            "what the runner reaped (cutime+cstime); CPU % is of one CPU, in steps of "
+            f"every {SAMPLE_S:g} s, through psutil: CPU time (user+system) and RSS of the runner, "
+            "and of every process below it (headless Locust), plus what the runner reaped "
+            "(its children's user+system); CPU % is of one CPU, in steps of "
             f"{100 / CLOCK_TICKS:g}% per 1 s interval (the kernel counts {CLOCK_TICKS} ticks a s)",
             "the runner's own figures include its threads (API, annotations); the Locust "
             "children are counted separately, never in the runner's row",
@@ -464,7 +450,7 @@ def measure_cost(args: argparse.Namespace, backend: str) -> None:
             if first is None:
                 raise RuntimeError(f"the runner (pid {runner_pid}) is gone already")
             run.samples.append(first)
-            run.startup_ticks = first.runner_ticks
+            run.startup_cpu_s = first.runner_cpu_s
             step = 1
             while time.monotonic() - began < seconds:
                 time.sleep(max(0.0, began + step * SAMPLE_S - time.monotonic()))
@@ -481,27 +467,27 @@ def measure_cost(args: argparse.Namespace, backend: str) -> None:
     report_cost(run, events, failed_ticks)
 
 
-def _percent(samples: Sequence[Sample], ticks: str) -> tuple[list[float], float]:
+def _percent(samples: Sequence[Sample], cpu: str) -> tuple[list[float], float]:
     """Per-interval CPU % of one CPU, and the mean over the whole run."""
     values = []
     for a, b in itertools.pairwise(samples):
-        values.append((getattr(b, ticks) - getattr(a, ticks)) / CLOCK_TICKS / (b.t - a.t) * 100)
+        values.append((getattr(b, cpu) - getattr(a, cpu)) / (b.t - a.t) * 100)
     span = samples[-1].t - samples[0].t
-    used = getattr(samples[-1], ticks) - getattr(samples[0], ticks)
-    return values, (used / CLOCK_TICKS / span * 100 if span > 0 else float("nan"))
+    used = getattr(samples[-1], cpu) - getattr(samples[0], cpu)
+    return values, (used / span * 100 if span > 0 else float("nan"))
 
 
 def report_cost(run: CostRun, events: Sequence[Event], failed_ticks: int) -> None:
     samples = run.samples
     rows: list[list[object]] = []
-    for name, ticks, rss in (
-        ("runner (own process)", "runner_ticks", "runner_rss"),
-        ("its Locust children", "children_ticks", "children_rss"),
+    for name, cpu, rss in (
+        ("runner (own process)", "runner_cpu_s", "runner_rss"),
+        ("its Locust children", "children_cpu_s", "children_rss"),
     ):
-        values, mean = _percent(samples, ticks)
-        used = (getattr(samples[-1], ticks) - getattr(samples[0], ticks)) / CLOCK_TICKS
+        values, mean = _percent(samples, cpu)
+        used = getattr(samples[-1], cpu) - getattr(samples[0], cpu)
         # Locust's memory while one runs (none does in the welcome phase or a break).
-        alive = samples if ticks == "runner_ticks" else [s for s in samples if s.children]
+        alive = samples if cpu == "runner_cpu_s" else [s for s in samples if s.children]
         rss_mib = [getattr(s, rss) / 1024 for s in alive] or [float("nan")]
         rows.append(
             [name, len(values), median(values), percentile(values, 0.99), mean, used,
@@ -517,7 +503,7 @@ def report_cost(run: CostRun, events: Sequence[Event], failed_ticks: int) -> Non
     print()
     print(
         f"runner startup before the first sample (imports, first tick): "
-        f"{run.startup_ticks / CLOCK_TICKS:.2f} CPU s; Locust processes alive at once: "
+        f"{run.startup_cpu_s:.2f} CPU s; Locust processes alive at once: "
         f"max {max(s.children for s in samples)}"
     )
     span = samples[-1].t - samples[0].t
