@@ -46,6 +46,7 @@ EXCLUDED: dict[str, str] = {
     "docs/instructor-guide.md": "names every defect, its fix, the shortcuts and measured figures",
     "tests/shortcuts/": "shortcut patches on top of the reference fixes; each names what it skips",
     "tests/test_drill_*.py": "apply the reference fixes and shortcuts: each drill's verdicts",
+    "tests/drill_labs.py": "the drill tests' labs, started from trees with a fix or shortcut",
     "tests/test_feed_cache.py": "tests the n-plus-one reference fix's profile cache",
     "tests/feed_cache_check.py": "test_feed_cache's helper; imports a module only the fix adds",
     "tests/test_dashboards.py": "applies both reference fixes for its live check; its forbidden "

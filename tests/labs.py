@@ -9,14 +9,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from drill.lab.harness import drop_database, fresh_database, lab_env
-from drill.solutions import copy_lab
-from tests.conftest import REPO_ROOT
 
 __all__ = [
     "DRILL",
@@ -25,7 +21,6 @@ __all__ = [
     "explain",
     "fresh_database",
     "lab_env",
-    "native_labs",
     "run_drill",
     "verify",
 ]
@@ -41,50 +36,6 @@ def run_drill(
         [*DRILL, *args, "--root", str(root)],
         env=env, cwd=root, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-
-
-class NativeLabs:
-    """Labs a test starts, each from its own copy of the tree (as shipped, with a solution,
-    with shortcut patches), on its own ports and, when named, its own database."""
-
-    def __init__(self, tmp: Path, only: Sequence[str]) -> None:
-        self.tmp, self.only = tmp, only
-        self.started: list[tuple[Path, dict[str, str]]] = []
-        self.databases: list[str] = []
-
-    def start(
-        self,
-        solution: str | None = None,
-        patches: Sequence[Path] = (),
-        database: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> tuple[Path, dict[str, str]]:
-        """`drill up --native --only ...` on a new copy; its root and environment."""
-        root = copy_lab(
-            REPO_ROOT, self.tmp / f"tree-{len(self.started)}", solution=solution, patches=patches
-        )
-        if database:
-            self.databases.append(database)
-        lab = lab_env(root, database_url=fresh_database(database) if database else None)
-        lab.update(env or {})
-        self.started.append((root, lab))
-        only = [arg for service in self.only for arg in ("--only", service)]
-        up = run_drill(root, lab, "up", "--native", *only)
-        assert up.returncode == 0, up.stderr + up.stdout
-        return root, lab
-
-
-@contextmanager
-def native_labs(tmp: Path, *only: str) -> Iterator[NativeLabs]:
-    """Labs of `only`'s services; at the end every one is stopped and its database dropped."""
-    labs = NativeLabs(tmp, only)
-    try:
-        yield labs
-    finally:
-        for root, env in labs.started:
-            run_drill(root, env, "down")
-        for database in labs.databases:
-            drop_database(database)
 
 
 def verify(root: Path, env: dict[str, str], scenario: str, *args: str) -> tuple[int, Any]:

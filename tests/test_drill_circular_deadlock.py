@@ -20,7 +20,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from drill.collectors import read_truth
 from drill.verify import read_samples
 from tests.conftest import REPO_ROOT
-from tests.labs import check_results, explain, native_labs, run_drill
+from tests.drill_labs import native_labs
+from tests.labs import check_results, explain, run_drill
 from tests.labs import verify as run_verify
 from tests.otlp import ExportedSpan, otlp_receiver
 from tests.polling import poll_until

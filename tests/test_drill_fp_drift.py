@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.labs import check_results, explain, native_labs
+from tests.drill_labs import native_labs
+from tests.labs import check_results, explain
 from tests.labs import verify as run_verify
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

@@ -35,25 +35,32 @@ class ServiceSpec:
     ready_path: str = READY_PATH
 
 
-# One row per service. The chain services share one package and differ only by env.
+# One row per service. The chain services share one package and differ only by env. Written
+# out row by row: drill guardrails reads each service's peers from these literals.
 SERVICES: dict[str, ServiceSpec] = {
     spec.name: spec
     for spec in (
         ServiceSpec("ledger", "services.ledger.app:create_app", 8001),
-        *(
-            ServiceSpec(
-                f"chain-{role}",
-                "services.chain.app:create_app",
-                port,
-                env={"CHAIN_ROLE": role},
-                peers={peer_variable: f"chain-{peer}"},
-            )
-            # orders (a) calls pricing (b), pricing calls stock (c), stock calls orders back.
-            for role, port, peer_variable, peer in (
-                ("a", 8011, "CHAIN_PRICING_URL", "b"),
-                ("b", 8012, "CHAIN_STOCK_URL", "c"),
-                ("c", 8013, "CHAIN_ORDERS_URL", "a"),
-            )
+        ServiceSpec(
+            "chain-a",
+            "services.chain.app:create_app",
+            8011,
+            env={"CHAIN_ROLE": "a"},
+            peers={"CHAIN_PRICING_URL": "chain-b"},
+        ),
+        ServiceSpec(
+            "chain-b",
+            "services.chain.app:create_app",
+            8012,
+            env={"CHAIN_ROLE": "b"},
+            peers={"CHAIN_STOCK_URL": "chain-c"},
+        ),
+        ServiceSpec(
+            "chain-c",
+            "services.chain.app:create_app",
+            8013,
+            env={"CHAIN_ROLE": "c"},
+            peers={"CHAIN_ORDERS_URL": "chain-a"},
         ),
         ServiceSpec(
             "feed", "services.feed.app:create_app", 8021, peers={"PROFILES_URL": "profiles"}
