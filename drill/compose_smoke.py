@@ -93,17 +93,15 @@ def _run(
     timeout: float = 600,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
-    input_bytes: bytes | None = None,
 ) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
             list(command),
             capture_output=True,
-            text=input_bytes is None,
+            text=True,
             timeout=timeout,
             env=env,
             cwd=cwd,
-            input=input_bytes,
             check=False,
         )
     except FileNotFoundError:
@@ -113,9 +111,7 @@ def _run(
 
 
 def _tail(done: subprocess.CompletedProcess[str], lines: int = 15) -> str:
-    text = done.stderr if isinstance(done.stderr, str) else done.stderr.decode(errors="replace")
-    out = done.stdout if isinstance(done.stdout, str) else done.stdout.decode(errors="replace")
-    return "\n".join((text or out).strip().splitlines()[-lines:])
+    return "\n".join((done.stderr or done.stdout or "").strip().splitlines()[-lines:])
 
 
 def _must(done: subprocess.CompletedProcess[str], what: str) -> subprocess.CompletedProcess[str]:
