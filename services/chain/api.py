@@ -6,10 +6,10 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import httpx
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 
 from services.chain.models import (
     ID_PATTERN,
@@ -25,7 +25,10 @@ from services.chain.models import (
     ReservationPublic,
     ReservationsPublic,
 )
-from services.kit.app import FlagsDep
+from services.chain.settings import ChainSettings
+from services.chain.stock import StockBook
+from services.chain.tax import TaxRates
+from services.kit.app import FlagsDep, app_state
 from services.kit.errors import Conflict, DomainError, problems
 from services.kit.http import ROUTE
 
@@ -39,6 +42,20 @@ CustomerPath = Annotated[str, Path(pattern=ID_PATTERN)]
 OrderIdsQuery = Annotated[list[str], Query(alias="order_id", min_length=1, max_length=200)]
 CURRENCY = "EUR"
 CENT = Decimal("0.01")
+
+
+class ChainState(Protocol):
+    """The app state services/chain/app.py sets up; each role has the client for its own peer."""
+
+    settings: ChainSettings
+    pricing: httpx.Client  # chain-a's peer
+    stock: httpx.Client  # chain-b's
+    orders: httpx.Client  # chain-c's
+    tax: TaxRates
+    stock_book: StockBook
+
+
+StateDep = Annotated[ChainState, Depends(app_state)]
 
 
 class DownstreamError(DomainError):
@@ -79,9 +96,8 @@ def _raise_for_downstream(response: httpx.Response, what: str) -> None:
         **problems(409, 502),
     },
 )
-def place_order(body: OrderCreate, request: Request) -> OrderPublic:
+def place_order(body: OrderCreate, state: StateDep) -> OrderPublic:
     """Take an order: price it (pricing reserves the stock), then confirm it."""
-    state = request.app.state
     order_id = uuid.uuid4().hex[:16]
     quote_request = QuoteCreate(order_id=order_id, customer_id=body.customer_id, lines=body.lines)
     response: httpx.Response | None = None
@@ -131,9 +147,8 @@ def price(lines: Sequence[Line], rates: Mapping[str, Decimal]) -> tuple[Decimal,
 
 
 @pricing.post("/quotes", responses=problems(400, 409, 502))
-def quote(body: QuoteCreate, request: Request) -> QuotePublic:
+def quote(body: QuoteCreate, state: StateDep) -> QuotePublic:
     """Price an order from the price list and reserve its stock."""
-    state = request.app.state
     unknown = sorted({line.sku for line in body.lines} - set(PRICE_LIST_CENTS))
     if unknown:
         raise DomainError(f"no price for {', '.join(unknown)}")
@@ -173,9 +188,8 @@ def quote(body: QuoteCreate, request: Request) -> QuotePublic:
         **problems(409, 502),
     },
 )
-def reserve(body: ReservationCreate, request: Request, flags: FlagsDep) -> ReservationPublic:
+def reserve(body: ReservationCreate, state: StateDep, flags: FlagsDep) -> ReservationPublic:
     """Hold stock for an order, once the customer passes the fraud check."""
-    state = request.app.state
     if flags.enabled("chain.fraud_callback", {"targetingKey": body.customer_id}):
         response = state.orders.get(
             f"/customers/{body.customer_id}/check",
@@ -196,7 +210,7 @@ def reserve(body: ReservationCreate, request: Request, flags: FlagsDep) -> Reser
 
 # async: the stock book answers from memory, even when every worker waits on a peer.
 @stock.get("/reservations")
-async def reservations(order_ids: OrderIdsQuery, request: Request) -> ReservationsPublic:
+async def reservations(order_ids: OrderIdsQuery, state: StateDep) -> ReservationsPublic:
     """The reservations the given orders hold (repeat order_id for several orders)."""
-    book = request.app.state.stock_book
+    book = state.stock_book
     return ReservationsPublic(data=[r for order_id in order_ids for r in book.of(order_id)])

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+import httpx
+from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy import Engine, func, select
 
 from services.feed import seed
@@ -38,20 +39,20 @@ router = APIRouter(tags=["feed"])
 
 UserIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="The reader's user id")]
 JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
+ProfilesDep = Annotated[httpx.Client, Depends(from_state("profiles"))]
 
 
 @router.get("/feed/{user_id}", responses=problems(404))
 async def get_feed(
     user_id: UserIdPath,
-    request: Request,
     session: SessionDep,
+    profiles: ProfilesDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Posts per page")] = 10,
 ) -> FeedPublic:
     """The latest posts of the accounts the user follows, newest first, with their authors."""
     user = session.get(User, user_id)
     if user is None:
         raise NotFound(f"user {user_id} does not exist")
-    profiles = request.app.state.profiles
     followees = session.scalars(select(Follow.followee_id).where(Follow.follower_id == user_id))
     posts: list[Post] = []
     for followee_id in followees.all():

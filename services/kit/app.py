@@ -76,6 +76,13 @@ def from_state(name: str) -> Callable[[Request], Awaitable[Any]]:
     return dependency
 
 
+async def app_state(request: Request) -> Any:
+    """The app's whole state, for a route that uses several things from it; the alias that uses
+    it types it with a Protocol of what the factory sets:
+    `StateDep = Annotated[ChainState, Depends(app_state)]`."""
+    return request.app.state
+
+
 FlagsDep = Annotated[Flags, Depends(from_state("flags"))]
 SettingsDep = Annotated[ServiceSettings, Depends(from_state("settings"))]
 
