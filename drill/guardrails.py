@@ -497,9 +497,10 @@ def derive_edges(root: Path, service: Service) -> tuple[list[Edge], list[Finding
     clients, unresolved = _clients(modules, service, settings_env)
     functions = _functions(modules)
     reachable = _reachable(functions)
+    aliases = _state_aliases(modules)
     edges = []
     for client in clients:
-        uses = list(_uses(functions, client.attributes))
+        uses = list(_uses(functions, client.attributes, aliases))
         on_path = [use for use in uses if use[0] in reachable]
         kind: Kind = "calls" if on_path or not uses else "notifies"
         _, path, line = (
@@ -741,11 +742,41 @@ def _reachable(functions: Sequence[_Function]) -> set[str]:
     return seen
 
 
+def _state_aliases(modules: Iterable[_Module]) -> dict[str, str]:
+    """Dependency aliases that hand a route an app.state attribute, by alias name:
+    `ProfilesDep = Annotated[httpx.Client, Depends(from_state("profiles"))]` gives profiles."""
+    found = {}
+    for module in modules:
+        for node in module.tree.body:
+            if not (
+                isinstance(node, ast.Assign)
+                and isinstance(node.targets[0], ast.Name)
+                and isinstance(node.value, ast.Subscript)
+                and _name(node.value.value) == "Annotated"
+            ):
+                continue
+            for call in ast.walk(node.value.slice):
+                if (
+                    isinstance(call, ast.Call)
+                    and _name(call.func) == "from_state"
+                    and call.args
+                    and isinstance(call.args[0], ast.Constant)
+                ):
+                    found[node.targets[0].id] = str(call.args[0].value)
+    return found
+
+
 def _uses(
-    functions: Sequence[_Function], attributes: frozenset[str]
+    functions: Sequence[_Function], attributes: frozenset[str], aliases: dict[str, str]
 ) -> Iterator[tuple[str, str, int]]:
-    """(function, path, line) of each `state.<attribute>` read, close() aside."""
+    """(function, path, line) of each `state.<attribute>` read, close() aside, and of each
+    parameter a dependency alias fills from one of the attributes (at the parameter)."""
     for function in functions:
+        arguments = function.node.args
+        for argument in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]:
+            alias = _name(argument.annotation) if argument.annotation else None
+            if alias is not None and aliases.get(alias) in attributes:
+                yield function.name, function.path, argument.lineno
         parents = {
             child: parent
             for parent in ast.walk(function.node)

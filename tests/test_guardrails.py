@@ -284,3 +284,15 @@ def test_compose_wiring_a_peer_url_elsewhere_is_reported(tmp_path: Path) -> None
     findings = [f for f in guardrails.call_graph(tree) if f.rule == "peers-config"]
     assert [(f.path, f.line) for f in findings] == [("compose.yaml", line)]
     assert "chain-c" in findings[0].detail
+
+
+def test_a_client_a_route_takes_as_a_dependency_is_on_the_request_path() -> None:
+    """The feed's route takes the profiles client through a `from_state` alias: the check follows
+    the alias to the route's parameter, not only `state.<attribute>` reads."""
+    services = guardrails.load_manifest(REPO_ROOT)
+    edges, unresolved = guardrails.derive_edges(REPO_ROOT, services["feed"])
+    assert unresolved == []
+    line = _line("services/feed/api.py", "profiles: ProfilesDep,")
+    assert [(e.peer, e.kind, e.path, e.line) for e in edges] == [
+        ("profiles", "calls", "services/feed/api.py", line)
+    ]
