@@ -1,4 +1,5 @@
-"""Shared fixtures: a throwaway Postgres database per run, and servers a test needs."""
+"""Shared fixtures: a throwaway Postgres database per run, and servers a test needs; and the
+assertion on an RFC 9457 problem answer the services' tests share."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +23,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 if os.environ.get("DRILL_PIN_LANES") == "1":
     _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     os.environ["DRILL_PIN_CPUS"] = str(int(_worker.removeprefix("gw")) % (os.cpu_count() or 1))
+
+
+def assert_problem(
+    response: httpx.Response, status: int, problem_type: str, title: str, detail: str
+) -> None:
+    """`response` is an RFC 9457 problem: this status, application/problem+json, and exactly
+    this body."""
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {
+        "type": problem_type,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
 
 
 def need_server(what: str, how_to_start: str) -> None:

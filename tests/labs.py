@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from drill.lab.harness import drop_database, fresh_database, lab_env
 __all__ = [
     "DRILL",
     "check_results",
+    "clean_baseline",
     "drop_database",
     "explain",
     "fresh_database",
@@ -45,6 +47,19 @@ def verify(root: Path, env: dict[str, str], scenario: str, *args: str) -> tuple[
     assert done.returncode in (0, 1), done.stderr + done.stdout
     assert f"drill verify {scenario}" in done.stdout
     return done.returncode, json.loads(result_path.read_text())
+
+
+def clean_baseline(
+    start_lab: Callable[[], tuple[Path, dict[str, str]]],
+    verify_scenario: Callable[[Path, dict[str, str], str], tuple[int, Any]],
+) -> Any:
+    """The shipped code with every trigger off, verified with --baseline: it must pass. Its
+    result JSON."""
+    root, env = start_lab()
+    code, result = verify_scenario(root, env, "--baseline")
+    assert code == 0, explain(result)
+    assert result["baseline"] is True
+    return result
 
 
 def explain(result: Any) -> str:

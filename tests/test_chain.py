@@ -31,6 +31,7 @@ from drill.native import LabConfig
 from services.chain.app import create_app
 from services.chain.settings import ChainSettings
 from services.kit.logs import JsonFormatter
+from tests.conftest import assert_problem
 from tests.polling import poll_until
 
 ROLES = {"chain-a": "a", "chain-b": "b", "chain-c": "c"}
@@ -181,14 +182,13 @@ def test_bad_orders_get_a_clear_4xx(chain: Chain, order: object, expected: int) 
 def test_unknown_sku_is_refused_with_the_pricing_reason(chain: Chain) -> None:
     """An order for a product pricing does not know is a 422 problem that names the product."""
     response = _post_order(chain, {**ORDER, "lines": [{"sku": "TEA-ROOIBOS", "quantity": 1}]})
-    assert response.status_code == 422
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {
-        "type": "urn:drill:problem:unprocessable",
-        "title": "Unprocessable",
-        "status": 422,
-        "detail": "pricing: no price for TEA-ROOIBOS",
-    }
+    assert_problem(
+        response,
+        422,
+        "urn:drill:problem:unprocessable",
+        "Unprocessable",
+        "pricing: no price for TEA-ROOIBOS",
+    )
 
 
 def _server_spans(spans: tuple[ReadableSpan, ...], trace_id: int) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ from drill.collectors import read_truth
 from drill.verify import read_samples
 from tests.conftest import REPO_ROOT
 from tests.drill_labs import native_labs
-from tests.labs import check_results, explain, run_drill
+from tests.labs import check_results, clean_baseline, explain, run_drill
 from tests.labs import verify as run_verify
 from tests.otlp import ExportedSpan, otlp_receiver
 from tests.polling import poll_until
@@ -151,10 +151,7 @@ def test_reference_fix_passes_with_triggers_on(lab) -> None:  # type: ignore[no-
 @pytest.mark.drill
 def test_shipped_code_passes_the_clean_baseline(lab) -> None:  # type: ignore[no-untyped-def]
     """Shipped chain with every trigger off is healthy under the same load: 'fine in staging'."""
-    root, env = lab()
-    code, result = verify(root, env, "--baseline")
-    assert code == 0, explain(result)
-    assert result["baseline"] is True
+    result = clean_baseline(lab, verify)
     assert result["figures"]["requests"] >= 300
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.drill_labs import native_labs
-from tests.labs import check_results, explain
+from tests.labs import check_results, clean_baseline, explain
 from tests.labs import verify as run_verify
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -102,10 +102,7 @@ def test_shortcut_dropping_conversion_fails(lab) -> None:  # type: ignore[no-unt
 @pytest.mark.drill
 def test_shipped_code_passes_the_clean_baseline(lab) -> None:  # type: ignore[no-untyped-def]
     """Shipped ledger with every trigger off looks healthy: 'fine in staging'."""
-    root, env = lab()
-    code, result = verify(root, env, "--baseline")
-    assert code == 0, explain(result)
-    assert result["baseline"] is True
+    result = clean_baseline(lab, verify)
     assert result["figures"]["ledger.misbooked_postings"] == 0
 
 

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from services.kit.app import FlagsDep, create_service_app
 from services.kit.errors import Conflict
 from services.kit.settings import ServiceSettings
+from tests.conftest import assert_problem
 
 router = APIRouter()
 
@@ -110,14 +111,7 @@ def test_domain_errors_map_to_http(tmp_path: Path) -> None:
     """A DomainError raised in a route becomes its status code and RFC 9457 problem details."""
     with TestClient(make_app(tmp_path)) as client:
         response = client.get("/items/13")
-    assert response.status_code == 409
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {
-        "type": "urn:drill:problem:conflict",
-        "title": "Conflict",
-        "status": 409,
-        "detail": "item 13 is taken",
-    }
+    assert_problem(response, 409, "urn:drill:problem:conflict", "Conflict", "item 13 is taken")
 
 
 def test_framework_errors_are_problem_details_too(tmp_path: Path) -> None:

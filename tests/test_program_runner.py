@@ -104,6 +104,15 @@ def at_program(speed: float, program_time: str) -> datetime:
     return T0 + timedelta(seconds=hms(program_time) / speed)
 
 
+def runner_ticked_at(config: native.LabConfig, program_time: str) -> Runner:
+    """A runner of a program prepared at T0 (no traffic, no annotations) after one tick at
+    `program_time` at speed 1."""
+    control.prepare(config, traffic=False, annotations=False, now=T0)
+    runner = new_runner(config)
+    runner.tick(at_program(1, program_time))
+    return runner
+
+
 def test_the_program_layer_holds_exactly_what_is_wanted_at_each_time(
     config: native.LabConfig,
 ) -> None:
@@ -156,9 +165,7 @@ def test_a_restarted_runner_converges_on_its_first_tick_and_journals_nothing_twi
 ) -> None:
     """A runner killed in phase 1 (no rollback) and a new one started at 2:05 lands there on
     one tick: flags as wanted, each passed entry and hint journaled once, a resume note."""
-    control.prepare(config, traffic=False, annotations=False, now=T0)
-    first = new_runner(config)
-    first.tick(at_program(1, "0:20"))
+    first = runner_ticked_at(config, "0:20")
     first.tick(at_program(1, "0:21"))
     before = len(events(config))
     # kill -9: nothing runs any more; the clock keeps going. `start` finds clock.json.
@@ -189,9 +196,7 @@ def test_goto_names_the_entries_it_jumps_over_and_pause_holds_the_clock(
     config: native.LabConfig,
 ) -> None:
     """goto lands in one phase_changed naming what it passed; a paused clock stands still."""
-    control.prepare(config, traffic=False, annotations=False, now=T0)
-    runner = new_runner(config)
-    runner.tick(at_program(1, "0:16"))
+    runner = runner_ticked_at(config, "0:16")
     jumped = at_program(1, "0:17")
     control.change_clock(config, "goto", "AI-assisted", now=jumped)
     runner.tick(jumped)
@@ -250,9 +255,7 @@ def test_a_verify_overlay_during_a_phase_leaves_the_programs_flags_as_they_were(
 ) -> None:
     """While verify overlays the flags the runner keeps ticking without a change; afterwards
     services read the program's flags again."""
-    control.prepare(config, traffic=False, annotations=False, now=T0)
-    runner = new_runner(config)
-    runner.tick(at_program(1, "0:20"))
+    runner = runner_ticked_at(config, "0:20")
     program_flags = program_layer(config)
     assert program_flags
     changes_before = len(events(config, "flag_changed"))
@@ -270,9 +273,7 @@ def test_a_program_layer_cleared_by_hand_is_restored_on_the_next_tick(
     config: native.LabConfig,
 ) -> None:
     """`drill flags reset --all` mid-phase: the next tick sets the program's flags again."""
-    control.prepare(config, traffic=False, annotations=False, now=T0)
-    runner = new_runner(config)
-    runner.tick(at_program(1, "0:20"))
+    runner = runner_ticked_at(config, "0:20")
     wanted_flags = program_layer(config)
     result = CliRunner().invoke(
         app,
