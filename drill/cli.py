@@ -106,6 +106,12 @@ RootOption = Annotated[
 ]
 
 
+def _switch(flag: str, help: str) -> Any:
+    """A bool option that only turns on: FLAG alone, without the --no-... twin typer gives every
+    bool option by default."""
+    return typer.Option(flag, help=help)
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     # One line however narrow the terminal: a file:line or a path stays whole to copy.
     errors.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
@@ -133,16 +139,23 @@ def _instructors_module(name: str, what_to_do: str) -> Any:
         raise _fail(f"this tree is a participant kit: {what_to_do}") from None
 
 
+def _out_option(default: str) -> Any:
+    """The `--out` option of a command that writes a file, saying what it writes without one."""
+    return typer.Option(help=f"Write here (default: {default}).")
+
+
 def _config(root: Path | None) -> LabConfig:
     with _failing_on(LabError):
         return LabConfig.from_env(root)
 
 
-def _catalog(config: LabConfig) -> Catalog:
-    """The lab's flag catalog (its faults/flags.json), or a clear error naming the bad place."""
+def _lab_flags(root: Path | None) -> tuple[LabConfig, Catalog]:
+    """The lab and its flag catalog (its faults/flags.json), for the flags commands; or a clear
+    error naming the bad place."""
+    config = _config(root)
     path = config.root / "faults" / "flags.json"
     try:
-        return load_catalog(path) if path.is_file() else load_catalog()
+        return config, load_catalog(path) if path.is_file() else load_catalog()
     except CatalogError as exc:
         raise _fail(f"bad flag catalog: {exc}") from None
 
@@ -176,7 +189,7 @@ def _print_status(rows: list[ServiceStatus]) -> None:
 @app.command()
 def up(
     native_lab: Annotated[
-        bool, typer.Option("--native", help="Run services as local processes (no Docker).")
+        bool, _switch("--native", "Run services as local processes (no Docker).")
     ] = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="Start just these.")] = None,
     root: RootOption = None,
@@ -258,8 +271,7 @@ def serve(
 @flags_app.command("list")
 def flags_list(root: RootOption = None) -> None:
     """Every flag, its live variant, the layer it comes from and what it does."""
-    config = _config(root)
-    catalog = _catalog(config)
+    config, catalog = _lab_flags(root)
     with _failing_on(FlagStateError):
         live = live_flags(config.state_dir, catalog)
     table = _table("flag", "live", "from", "variants", "description")
@@ -295,8 +307,7 @@ def flags_set(
     root: RootOption = None,
 ) -> None:
     """Set FLAG to VARIANT in the instructor's layer (services pick it up within a second)."""
-    config = _config(root)
-    catalog = _catalog(config)
+    config, catalog = _lab_flags(root)
     try:
         set_layer_flags(
             config.state_dir, catalog, INSTRUCTOR, {flag: (variant, percent)}, by=INSTRUCTOR
@@ -315,14 +326,12 @@ def flags_reset(
         list[str] | None, typer.Argument(help="Only these flags (default: all of yours).")
     ] = None,
     every_layer: Annotated[
-        bool,
-        typer.Option("--all", help="Clear every layer (program, verify too): after a crash."),
+        bool, _switch("--all", "Clear every layer (program, verify too): after a crash.")
     ] = False,
     root: RootOption = None,
 ) -> None:
     """Take back the instructor's flags; the program's and a verify run's stand."""
-    config = _config(root)
-    catalog = _catalog(config)
+    config, catalog = _lab_flags(root)
     layers = LAYERS if every_layer else (INSTRUCTOR,)
     with _failing_on(FlagStateError):
         for layer in layers:
@@ -443,7 +452,7 @@ def _print_result(result: VerifyResult) -> None:
 def verify(
     scenario: str,
     baseline: Annotated[
-        bool, typer.Option("--baseline", help="Every trigger off: the clean baseline.")
+        bool, _switch("--baseline", "Every trigger off: the clean baseline.")
     ] = False,
     duration: Annotated[
         float | None,
@@ -457,9 +466,7 @@ def verify(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
     submit: Annotated[
         bool,
-        typer.Option(
-            "--submit", help="Send the result to the workshop's scoreboard (DRILL_TEAM_TOKEN)."
-        ),
+        _switch("--submit", "Send the result to the workshop's scoreboard (DRILL_TEAM_TOKEN)."),
     ] = False,
     markdown: Annotated[
         Path | None,
@@ -549,7 +556,7 @@ def evidence(
         list[str], typer.Option("--trace-id", help="A trace id (32 hex digits); repeat for more.")
     ],
     since: Annotated[str, typer.Option(help="Metrics window, e.g. 15m or 1h.")] = "15m",
-    out: Annotated[Path | None, typer.Option(help="Write here (default: stdout).")] = None,
+    out: Annotated[Path | None, _out_option("stdout")] = None,
     log_lines: Annotated[int, typer.Option(help="Log lines per trace at most.", min=1)] = 40,
     root: RootOption = None,
 ) -> None:
@@ -633,17 +640,13 @@ def program_start(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Rotation seed (default: the file's).")] = None,
     fresh: Annotated[
-        bool, typer.Option("--fresh", help="Start over instead of resuming a crashed run.")
+        bool, _switch("--fresh", "Start over instead of resuming a crashed run.")
     ] = False,
     foreground: Annotated[
-        bool, typer.Option("--foreground", help="Run here until stopped (Ctrl-C rolls back).")
+        bool, _switch("--foreground", "Run here until stopped (Ctrl-C rolls back).")
     ] = False,
-    traffic: Annotated[
-        bool, typer.Option("--traffic/--no-traffic", help="Background Locust per scenario.")
-    ] = True,
-    annotations: Annotated[
-        bool, typer.Option("--annotations/--no-annotations", help="Grafana annotations.")
-    ] = True,
+    traffic: Annotated[bool, typer.Option(help="Background Locust per scenario.")] = True,
+    annotations: Annotated[bool, typer.Option(help="Grafana annotations.")] = True,
     listen: Annotated[
         str | None,
         typer.Option(
@@ -677,12 +680,10 @@ def program_start(
 
 @program_app.command("status")
 def program_status(
-    watch: Annotated[bool, typer.Option("--watch", help="A live panel until Ctrl-C.")] = False,
+    watch: Annotated[bool, _switch("--watch", "A live panel until Ctrl-C.")] = False,
     room: Annotated[
         bool,
-        typer.Option(
-            "--room", help="For the projector: no culprit, trigger or decoy until reveal mode."
-        ),
+        _switch("--room", "For the projector: no culprit, trigger or decoy until reveal mode."),
     ] = False,
     root: RootOption = None,
 ) -> None:
@@ -915,9 +916,7 @@ def claim(
 @app.command()
 def hint(
     scenario: str,
-    show: Annotated[
-        bool, typer.Option("--show", help="List the hints you have; buy none.")
-    ] = False,
+    show: Annotated[bool, _switch("--show", "List the hints you have; buy none.")] = False,
     root: RootOption = None,
 ) -> None:
     """Take your team's next hint on a scenario (it costs points), through the runner."""
@@ -969,9 +968,7 @@ def notes(scenario: str, root: RootOption = None) -> None:
 def postmortem(
     scenario: str,
     team: Annotated[str, typer.Option(help="The team whose post-mortem this is.")],
-    out: Annotated[
-        Path | None, typer.Option(help="Write here (default: postmortem-TEAM-SCENARIO.md).")
-    ] = None,
+    out: Annotated[Path | None, _out_option("postmortem-TEAM-SCENARIO.md")] = None,
     root: RootOption = None,
 ) -> None:
     """Draft a blameless post-mortem: timeline and figures from the journal and verify runs."""
@@ -993,7 +990,7 @@ app.add_typer(pack_app, name="pack")
 
 
 AllowDirtyOption = Annotated[
-    bool, typer.Option("--allow-dirty", help="Pack uncommitted changes to tracked files.")
+    bool, _switch("--allow-dirty", "Pack uncommitted changes to tracked files.")
 ]
 
 
@@ -1037,16 +1034,12 @@ def pack_participants(
 
 @app.command()
 def report(
-    out: Annotated[
-        Path | None, typer.Option(help="Write here (default: debrief-report.html or .md).")
-    ] = None,
+    out: Annotated[Path | None, _out_option("debrief-report.html or .md")] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="html: one self-contained file; md: PNGs beside it.")
     ] = "html",
     since: Annotated[str, typer.Option(help="How far back: 3h, 90m, 1h30m.")] = "3h",
-    probe: Annotated[
-        bool, typer.Option("--probe/--no-probe", help="Read a few timelines from the live feed.")
-    ] = True,
+    probe: Annotated[bool, typer.Option(help="Read a few timelines from the live feed.")] = True,
     root: RootOption = None,
 ) -> None:
     """The debrief: timeline, ledger, chain, feed and teams, plotted from the journal, the verify
@@ -1068,18 +1061,16 @@ def report(
 @app.command()
 def preflight(
     native_only: Annotated[
-        bool, typer.Option("--native", help="Check for the native lab only (no Docker).")
+        bool, _switch("--native", "Check for the native lab only (no Docker).")
     ] = False,
     offline: Annotated[
         bool, typer.Option(help="Also check the wheels and images a room without internet needs.")
     ] = False,
-    lab: Annotated[
-        bool, typer.Option("--lab/--no-lab", help="Bring the native lab up and verify it.")
-    ] = True,
+    lab: Annotated[bool, typer.Option(help="Bring the native lab up and verify it.")] = True,
     duration: Annotated[
         int, typer.Option(help="Seconds of load for each drill's clean baseline.", min=5)
     ] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+    as_json: Annotated[bool, _switch("--json", "Print the checks as JSON.")] = False,
     root: RootOption = None,
 ) -> None:
     """The evening before: is this machine ready for the day? Says what to fix, in plain words."""

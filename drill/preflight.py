@@ -90,6 +90,18 @@ def _last_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[-1] if lines else f"exit {done.returncode}"
 
 
+def _failure(
+    done: subprocess.CompletedProcess[str] | None,
+    unfinished: str,
+    said: Callable[[subprocess.CompletedProcess[str]], str] = _last_line,
+) -> str | None:
+    """Why a command failed: what it said (its last line), or `unfinished` when it is not
+    installed or did not finish in time; None when it succeeded."""
+    if done is None:
+        return unfinished
+    return said(done) if done.returncode != 0 else None
+
+
 def _error_line(done: subprocess.CompletedProcess[str]) -> str:
     """The CLI's own error line (`error: ...`, or typer's usage error), not a box's border."""
     text = f"{done.stderr}\n{done.stdout}"
@@ -240,6 +252,11 @@ def _reach(url: str, default_port: int) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or default_port
 
 
+def _cannot_connect(name: str, host: str, port: int, said: str, fix: str) -> Check:
+    """A server the native lab needs does not take a connection."""
+    return Check(name, "fail", f"cannot connect to {host}:{port}: {said}", fix)
+
+
 def check_postgres(config: native.LabConfig) -> Check:
     url = config.database_url
     if not url:
@@ -259,8 +276,8 @@ def check_postgres(config: native.LabConfig) -> Check:
     except psycopg.Error as exc:
         host, port = _reach(url, 5432)
         said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return Check(
-            "postgres", "fail", f"cannot connect to {host}:{port}: {said}",
+        return _cannot_connect(
+            "postgres", host, port, said,
             "start Postgres (pg_ctlcluster 15 main start) or fix DATABASE_URL; the database "
             "must exist (createdb -h 127.0.0.1 -U postgres drill)",
         )  # fmt: skip
@@ -275,8 +292,8 @@ def check_redis(config: native.LabConfig) -> Check:
             sock.sendall(b"PING\r\n")
             answer = sock.recv(64)
     except OSError as exc:
-        return Check(
-            "redis", "fail", f"cannot connect to {host}:{port}: {exc.strerror or exc}",
+        return _cannot_connect(
+            "redis", host, port, str(exc.strerror or exc),
             "start Redis (redis-server --daemonize yes) or set REDIS_URL: the feed's fix "
             "caches in it",
         )  # fmt: skip
@@ -295,8 +312,8 @@ def check_offline_wheels(root: Path) -> Check:
          "--extra", "load"],
         cwd=root, timeout=120,
     )  # fmt: skip
-    if done is None or done.returncode != 0:
-        said = _last_line(done) if done else "uv did not finish"
+    said = _failure(done, "uv did not finish")
+    if said is not None:
         return Check(
             "wheels", "fail", f"not everything uv.lock needs is cached: {said}",
             "run scripts/bootstrap once while online (it fills uv's cache)",
@@ -324,9 +341,10 @@ def lab_checks(config: native.LabConfig, seconds: int) -> Iterator[Check]:
     started = False
     if not already:
         up = _drill(config, "up", "--native", timeout=180)
-        if up is None or up.returncode != 0:
+        said = _failure(up, "timeout", _error_line)
+        if said is not None:
             yield Check(
-                "lab", "fail", f"drill up --native failed: {_error_line(up) if up else 'timeout'}",
+                "lab", "fail", f"drill up --native failed: {said}",
                 "read .drill/logs/<service>.log, fix, and run drill preflight again",
             )  # fmt: skip
             return

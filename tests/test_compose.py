@@ -26,6 +26,7 @@ import httpx
 import psutil
 import pytest
 import yaml
+from click.testing import Result
 from typer.testing import CliRunner
 
 import faults
@@ -628,8 +629,20 @@ def fake_compose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return log
 
 
+@pytest.fixture
+def running_compose(fake_compose: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """fake_compose with a project running (its `ps` lists a container); the log's path."""
+    monkeypatch.setenv("FAKE_COMPOSE_RUNNING", "1")
+    return fake_compose
+
+
+def drill_restart(service: str) -> Result:
+    """`drill restart SERVICE` on this checkout, its error on one line (a wide terminal)."""
+    return runner.invoke(app, ["restart", service, "--root", str(ROOT)], env={"COLUMNS": "250"})
+
+
 def test_restart_chain_restarts_the_compose_container(
-    fake_compose: Path,
+    running_compose: Path,
     chain_runner: tuple[subprocess.Popen[str], int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -637,10 +650,9 @@ def test_restart_chain_restarts_the_compose_container(
     chain container and waits until its three services answer."""
     _, offset = chain_runner  # stands in for the container's published ports
     monkeypatch.setenv("DRILL_PORT_OFFSET", str(offset))
-    monkeypatch.setenv("FAKE_COMPOSE_RUNNING", "1")
-    result = runner.invoke(app, ["restart", "chain-b", "--root", str(ROOT)])
+    result = drill_restart("chain-b")
     assert result.exit_code == 0, result.output
-    calls = fake_compose.read_text().splitlines()
+    calls = running_compose.read_text().splitlines()
     prefix = f"--project-directory {ROOT} -f {ROOT / 'compose.yaml'}"
     assert calls == [f"{prefix} ps --status running --quiet", f"{prefix} restart chain"]
     assert "chain-b" in result.output and "ready" in result.output
@@ -654,26 +666,22 @@ def test_restart_stays_native_without_a_running_compose_project(fake_compose: Pa
 
 
 def test_restart_failure_names_the_problem(
-    fake_compose: Path, monkeypatch: pytest.MonkeyPatch
+    running_compose: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failing `docker compose restart` exits 2 with Compose's own message."""
-    monkeypatch.setenv("FAKE_COMPOSE_RUNNING", "1")
     monkeypatch.setenv("FAKE_COMPOSE_FAIL", "no such service: ledger")
     monkeypatch.setenv("DRILL_PORT_OFFSET", str(native.free_port_offset()))
-    result = runner.invoke(app, ["restart", "ledger", "--root", str(ROOT)], env={"COLUMNS": "250"})
+    result = drill_restart("ledger")
     assert result.exit_code == 2
     assert "docker compose restart ledger failed: no such service: ledger" in result.output
 
 
-def test_restart_unknown_service_on_compose_lists_the_choices(
-    fake_compose: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_restart_unknown_service_on_compose_lists_the_choices(running_compose: Path) -> None:
     """An unknown name is refused before anything is restarted."""
-    monkeypatch.setenv("FAKE_COMPOSE_RUNNING", "1")
-    result = runner.invoke(app, ["restart", "chian", "--root", str(ROOT)], env={"COLUMNS": "250"})
+    result = drill_restart("chian")
     assert result.exit_code == 2
     assert "unknown service 'chian'" in result.output
-    assert "restart" not in fake_compose.read_text()
+    assert "restart" not in running_compose.read_text()
 
 
 def test_missing_compose_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
