@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -38,6 +38,8 @@ WARMUP_S = 3
 GOAL_RPS = 500.0
 # One balance read per four postings, as a merchant's checkout traffic roughly is.
 READS_PER_WRITE = 0.25
+# The workloads, in the order they run: each one's name in the tables and its wrk script's key.
+WORKLOADS = (("POST /transactions", "POST"), ("GET balances", "GET"))
 
 _DONE = r"""
 done = function(summary, latency, requests)
@@ -167,8 +169,8 @@ class WrkRun:
 class Series:
     code: str
     workload: str
-    runs: list[WrkRun] = field(default_factory=list)
-    rows_after: list[int] = field(default_factory=list)
+    runs: list[WrkRun]
+    rows_after: list[int]  # postings in the table after each run
 
 
 @dataclass
@@ -240,7 +242,7 @@ def measure(
     solution: str | None, backend: str, scripts: dict[str, Path], repeats: int, tracing: bool
 ) -> LabOutcome:
     code = "shipped" if solution is None else "patched"
-    post, get = Series(code, "POST /transactions"), Series(code, "GET balances")
+    series: list[Series] = []
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(OtlpSink()) if tracing else None
         endpoint = sink.endpoint if sink else None
@@ -252,20 +254,19 @@ def measure(
                 warm = run_wrk(scripts["POST"], url, WARMUP_S)
                 if warm.errors:
                     print(f"[{lab.label}] warm-up saw {warm.errors} errors")
-                for i in range(repeats):
-                    print(f"[{lab.label}] POST run {i + 1}/{repeats}")
-                    post.runs.append(run_wrk(scripts["POST"], url, DURATION_S, pid))
-                    post.rows_after.append(postings(engine))
-                for i in range(repeats):
-                    print(f"[{lab.label}] GET run {i + 1}/{repeats}")
-                    get.runs.append(run_wrk(scripts["GET"], url, DURATION_S, pid))
-                    get.rows_after.append(postings(engine))
+                for workload, method in WORKLOADS:
+                    runs, rows_after = [], []
+                    for i in range(repeats):
+                        print(f"[{lab.label}] {method} run {i + 1}/{repeats}")
+                        runs.append(run_wrk(scripts[method], url, DURATION_S, pid))
+                        rows_after.append(postings(engine))
+                    series.append(Series(code, workload, runs, rows_after))
             finally:
                 engine.dispose()
             warnings = span_warnings(lab)
         # The service flushes its last spans at shutdown, which running_lab has just done.
-    served = warm.requests + sum(r.requests for r in post.runs + get.runs)
-    return LabOutcome(lab.label, [post, get], sink, served, warnings)
+    served = warm.requests + sum(r.requests for s in series for r in s.runs)
+    return LabOutcome(lab.label, series, sink, served, warnings)
 
 
 def main() -> int:

@@ -1011,6 +1011,17 @@ class Series:
     values: tuple[float, ...]
 
 
+def range_query_params(query: str, start: datetime, end: datetime, step: float) -> dict[str, str]:
+    """The parameters of a Prometheus /api/v1/query_range request: the window in epoch
+    seconds, the step in seconds."""
+    return {
+        "query": query,
+        "start": f"{start.timestamp():.3f}",
+        "end": f"{end.timestamp():.3f}",
+        "step": f"{step:g}",
+    }
+
+
 class Prometheus:
     """Range queries against Prometheus's HTTP API."""
 
@@ -1029,12 +1040,7 @@ class Prometheus:
             )
 
     def query_range(self, expr: str, start: datetime, end: datetime, step: float) -> list[Series]:
-        params = {
-            "query": expr,
-            "start": f"{start.timestamp():.3f}",
-            "end": f"{end.timestamp():.3f}",
-            "step": f"{step:g}",
-        }
+        params = range_query_params(expr, start, end, step)
         try:
             response = self.http.get(f"{self.url}/api/v1/query_range", params=params)
         except httpx.HTTPError as exc:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from drill import native
+from drill.evidence import range_query_params
 from drill.report.model import Answer, Restart, Series, Window, from_epoch
 
 # Prometheus answers at most 11,000 points per series; 5 s is the lab's scrape interval.
@@ -99,12 +100,7 @@ def parse_matrix(query: str, body: Any) -> Answer:
 
 
 def query_range(client: httpx.Client, query: str, window: Window, step: float) -> Answer:
-    params = {
-        "query": query,
-        "start": f"{window.start.timestamp():.3f}",
-        "end": f"{window.end.timestamp():.3f}",
-        "step": f"{step:g}",
-    }
+    params = range_query_params(query, window.start, window.end, step)
     try:
         response = client.post("/api/v1/query_range", data=params)
         body = response.json()

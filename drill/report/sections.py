@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from drill.report import plots
@@ -26,6 +27,7 @@ from drill.report.analysis import (
 from drill.report.model import (
     Answer,
     Document,
+    Figure,
     Gathered,
     Probe,
     Section,
@@ -133,6 +135,42 @@ def _deploy_note(section: Section, deploy: Deploy) -> None:
     section.paragraphs.append(f"The fix's deploy: {when}{deploy.how}.")
 
 
+def _add_figure(section: Section, figure: Figure | None, why_none: str = "") -> None:
+    """The figure into the section; where there is none, why_none (if given) into its notes."""
+    if figure is not None:
+        section.figures.append(figure)
+    elif why_none:
+        section.missing.append(why_none)
+
+
+@dataclass(frozen=True)
+class _Drill:
+    """A drill's section and what it is drawn from: the gathered data and the fix's deploy."""
+
+    data: Gathered
+    section: Section
+    deploy: Deploy
+
+    def panels(
+        self,
+        caption: str,
+        rows: Sequence[tuple[str, str, str, float]],
+        first: Sequence[plots.Metric] = (),
+        shade: tuple[datetime, datetime] | None = None,
+        shade_label: str = "",
+    ) -> None:
+        """The drill's metrics on stacked panels over the window, named for its section, the
+        fix's deploy dashed (the caption says so): the first ones given, then those of rows (as
+        in _metrics). No figure when none of them has data."""
+        data, deploy = self.data, self.deploy
+        metrics = [*first, *_metrics(data, rows)]
+        marks = [(deploy.scenario, deploy.at)] if deploy.at else []
+        caption += "; the fix's deploy dashed."
+        window = data.view or data.window
+        figure = plots.panels(self.section.id, caption, window, metrics, marks, shade, shade_label)
+        _add_figure(self.section, figure)
+
+
 def _before_after(
     caption: str, deploy: Deploy, figures: Sequence[tuple[str, str]], name: str
 ) -> Table:
@@ -225,12 +263,9 @@ def timeline_section(data: Gathered, deploys: dict[str, Deploy]) -> Section:
     _prometheus_notes(data, section, [k[0] for k in keys])
     marks = [(name, d.at) for name, d in deploys.items() if d.at is not None]
     figure = plots.timeline(data.view or data.window, data.events, data.runs, metrics, marks)
-    if figure is not None:
-        section.figures.append(figure)
-    else:
-        section.missing.append(
-            "nothing to draw: no journal events, verify runs or metrics in the window."
-        )
+    _add_figure(
+        section, figure, "nothing to draw: no journal events, verify runs or metrics in the window."
+    )
     counts = Counter(e.kind for e in shown)
     if counts:
         section.paragraphs.append(
@@ -304,36 +339,27 @@ def ledger_section(data: Gathered, deploy: Deploy) -> Section:
             f"the cent (|difference| < {CENT}), over {number(accounts)} account-currency pairs",
         )
     )
-    metrics = []
+    balances = []
     widest = _widest_currency(data)
     if widest is not None:
         currency, served, recount = widest
-        metrics.append(
+        balances.append(
             plots.Metric(
                 f"served balance vs the exact recount, {currency} (the widest gap's currency)",
                 currency,
                 (("served", served), ("recount", recount)),
             )
         )
-    metrics += _metrics(
-        data,
+    _Drill(data, section, deploy).panels(
+        "Ledger: served balances against the recount, the largest gap, duplicate postings and "
+        "the accuracy KPI",
         (
             ("ledger.gap", "largest gap between a served balance and its recount", "amount", 1),
             ("ledger.duplicates", "duplicates: postings sharing an idempotency key", "postings", 1),
             ("ledger.accuracy", "FP drift accuracy: accounts matching the recount", "%", 100),
         ),
+        first=balances,
     )
-    marks = [("fp-drift", deploy.at)] if deploy.at else []
-    figure = plots.panels(
-        "ledger",
-        "Ledger: served balances against the recount, the largest "
-        "gap, duplicate postings and the accuracy KPI; the fix's deploy dashed.",
-        data.view or data.window,
-        metrics,
-        marks,
-    )
-    if figure is not None:
-        section.figures.append(figure)
     section.tables.append(
         _before_after(
             "Verify runs before and after the fix",
@@ -431,31 +457,20 @@ def chain_section(data: Gathered, deploy: Deploy) -> Section:
             f"{percent(resolution.orders_succeeded)}{after_prom}",
         )
     )
-    metrics = _metrics(
-        data,
+    shade = None
+    if found.first is not None:
+        end = found.recovered if found.recovered is not None else epoch(data.window.end)
+        shade = (from_epoch(found.first), from_epoch(end))
+    _Drill(data, section, deploy).panels(
+        "Chain: completed orders per second falling to zero while orders wait, and the recovery",
         (
             ("chain.completed", "orders completed per second (chain-a, 2xx)", "orders/s", 1),
             ("chain.waiting", "orders waiting for an answer (in flight at chain-a)", "orders", 1),
             ("chain.p99", "order latency p99 over 30 s", "ms", 1000),
         ),
+        shade=shade,
+        shade_label="stuck: orders waiting, none completing",
     )
-    shade = None
-    if found.first is not None:
-        end = found.recovered if found.recovered is not None else epoch(data.window.end)
-        shade = (from_epoch(found.first), from_epoch(end))
-    marks = [("circular-deadlock", deploy.at)] if deploy.at else []
-    figure = plots.panels(
-        "chain",
-        "Chain: completed orders per second falling to zero while "
-        "orders wait, and the recovery; the fix's deploy dashed.",
-        data.view or data.window,
-        metrics,
-        marks,
-        shade,
-        "stuck: orders waiting, none completing",
-    )
-    if figure is not None:
-        section.figures.append(figure)
     section.tables.append(
         _before_after(
             "Verify runs before and after the fix",
@@ -612,30 +627,19 @@ def feed_section(data: Gathered, deploy: Deploy) -> Section:
         "and after the fix (raw samples).",
         groups,
     )
-    if histogram is not None:
-        section.figures.append(histogram)
-    else:
-        section.missing.append(
-            "no verify-run samples of `GET /feed/{user_id}` to draw the latency distribution from."
-        )
-    metrics = _metrics(
-        data,
+    _add_figure(
+        section,
+        histogram,
+        "no verify-run samples of `GET /feed/{user_id}` to draw the latency distribution from.",
+    )
+    _Drill(data, section, deploy).panels(
+        "Feed: timeline latency and the work per timeline over time",
         (
             ("feed.p95", "timeline p95 over a minute", "ms", 1000),
             ("feed.statements", "SQL statements per timeline (1-minute mean)", "statements", 1),
             ("feed.calls", "external calls per timeline (mean over a minute)", "calls", 1),
         ),
     )
-    marks = [("n-plus-one", deploy.at)] if deploy.at else []
-    over_time = plots.panels(
-        "feed",
-        "Feed: timeline latency and the work per timeline over time; the fix's deploy dashed.",
-        data.view or data.window,
-        metrics,
-        marks,
-    )
-    if over_time is not None:
-        section.figures.append(over_time)
     _waterfall(data, section, deploy, before, after)
     return section
 
@@ -703,12 +707,11 @@ def _waterfall(
         "the fix. The x axis is their order, not time.",
         sides,
     )
-    if reconstructed is not None:
-        section.figures.append(reconstructed)
-    else:
-        section.missing.append(
-            "no per-request counts (probe or verify run) to reconstruct the waterfall from."
-        )
+    _add_figure(
+        section,
+        reconstructed,
+        "no per-request counts (probe or verify run) to reconstruct the waterfall from.",
+    )
 
 
 # -- the teams -----------------------------------------------------------------------------------
@@ -775,10 +778,7 @@ def teams_section(data: Gathered) -> Section:
         bars,
         mark,
     )
-    if figure is not None:
-        section.figures.append(figure)
-    else:
-        section.missing.append("no accepted root-cause claim yet: nothing to draw.")
+    _add_figure(section, figure, "no accepted root-cause claim yet: nothing to draw.")
     return section
 
 
