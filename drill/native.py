@@ -171,7 +171,7 @@ def _prepare(config: LabConfig) -> None:
 
 def _locked(config: LabConfig) -> contextlib.AbstractContextManager[None]:
     # Two `drill up`s at once would both see a service as stopped and race for its port.
-    return runfiles.locked(config.run_dir / ".lock")
+    return faults.file_lock(config.run_dir / ".lock")
 
 
 def _client() -> httpx.Client:

@@ -327,7 +327,7 @@ def run_verify(
     journal = Journal(journal_path(config.state_dir))
     by = f"verify {scenario_name}" + (" --baseline" if baseline else "")
     try:
-        result = _run_verify(config, scenario_name, baseline=baseline, seconds=seconds, users=users)
+        result = _run_verify(config, scenario_name, baseline, seconds, users, by)
     except VerifyError as exc:
         journal.append("verify_run", by, scenario=scenario_name, verdict="error", error=str(exc))
         raise
@@ -340,12 +340,13 @@ def run_verify(
 def _run_verify(
     config: LabConfig,
     scenario_name: str,
-    *,
-    baseline: bool = False,
-    seconds: float | None = None,
-    users: int | None = None,
+    baseline: bool,
+    seconds: float | None,
+    users: int | None,
+    by: str,
 ) -> VerifyResult:
-    """One verification run; its overlay on the flags is lifted whatever happens."""
+    """One verification run, `by` in the flags' history; its overlay on the flags is lifted
+    whatever happens."""
     root, state_dir = config.root, config.state_dir
     catalog = load_catalog()
     program = load_program(root / "scenarios.yaml", catalog)
@@ -369,7 +370,6 @@ def _run_verify(
     # Baseline: every flag at its default; otherwise the triggers and every other flag at its
     # default, so the verdict does not depend on what the program or the instructor has on.
     triggers = {} if baseline else {t.flag: (t.variant, t.percent) for t in scenario.triggers}
-    by = f"verify {scenario_name}" + (" --baseline" if baseline else "")
     try:
         with verify_overlay(state_dir, catalog, triggers, by=by) as document:
             # The flags the run set, for collectors whose expectations depend on them.

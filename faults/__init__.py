@@ -39,6 +39,7 @@ from faults._layers import (
 from faults._state import (
     FlagStateError,
     describe,
+    file_lock,
     read_document,
     reset_flags,
     set_flags,
@@ -81,6 +82,7 @@ __all__ = [
     "clear_layer",
     "decoy_flag",
     "describe",
+    "file_lock",
     "layer_flags",
     "live_flags",
     "load_catalog",

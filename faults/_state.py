@@ -38,15 +38,20 @@ def state_path(directory: str | os.PathLike[str] | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    # The instructor's CLI and the scenario runner may write at the same moment.
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".flags.lock", "w") as lock:
+def file_lock(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on lock_file (made with its directory) for the block."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _locked(directory: Path) -> contextlib.AbstractContextManager[None]:
+    # The instructor's CLI and the scenario runner may write at the same moment.
+    return file_lock(directory / ".flags.lock")
 
 
 def _let_others_read(directory: Path) -> None:

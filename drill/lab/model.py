@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drill import prometheus
+from drill.lab.paths import PathUnder
 from drill.lab.runfiles import LAB_FILE, READY_PATH, read_json
 
 HOST = "127.0.0.1"
@@ -138,15 +139,10 @@ class LabConfig:
             redis_url=env.get("REDIS_URL") or None,
         )
 
-    @property
-    def run_dir(self) -> Path:
-        """The directory holding one run file per started service."""
-        return self.state_dir / "run"
-
-    @property
-    def log_dir(self) -> Path:
-        """The directory holding each service's stdout and stderr."""
-        return self.state_dir / "logs"
+    # The directory holding one run file per started service.
+    run_dir = PathUnder("state_dir", "run")
+    # The directory holding each service's stdout and stderr.
+    log_dir = PathUnder("state_dir", "logs")
 
     def port(self, spec: ServiceSpec) -> int:
         """The port a service listens on in this lab."""

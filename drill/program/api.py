@@ -59,37 +59,28 @@ class ProgramMetrics:
             "The current agenda entry: name, type (phase, break or finished) and index",
             registry=self.registry,
         )
-        self.left = Gauge(
-            "drill_program_seconds_left",
-            "Program seconds left in the current agenda entry",
-            registry=self.registry,
+        self.left = self._gauge(
+            "drill_program_seconds_left", "Program seconds left in the current agenda entry"
         )
-        self.elapsed = Gauge(
-            "drill_program_elapsed_seconds", "Program time, in seconds", registry=self.registry
-        )
-        self.paused = Gauge(
-            "drill_program_paused", "1 while the program clock is paused", registry=self.registry
-        )
-        self.speed = Gauge(
-            "drill_program_speed", "Program seconds per wall-clock second", registry=self.registry
-        )
-        self.live = Gauge(
+        self.elapsed = self._gauge("drill_program_elapsed_seconds", "Program time, in seconds")
+        self.paused = self._gauge("drill_program_paused", "1 while the program clock is paused")
+        self.speed = self._gauge("drill_program_speed", "Program seconds per wall-clock second")
+        self.live = self._gauge(
             "drill_program_live_scenario",
             "1 for each scenario whose triggers the current phase runs; all 0 until reveal mode",
-            ["scenario"],
-            registry=self.registry,
+            "scenario",
         )
-        self.live_count = Gauge(
+        self.live_count = self._gauge(
             "drill_program_live_scenarios",
             "How many scenarios' triggers the current phase runs (names wait for reveal mode)",
-            registry=self.registry,
         )
-        self.traffic = Gauge(
-            "drill_program_traffic",
-            "1 for each scenario whose background traffic runs",
-            ["scenario"],
-            registry=self.registry,
+        self.traffic = self._gauge(
+            "drill_program_traffic", "1 for each scenario whose background traffic runs", "scenario"
         )
+
+    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        """A gauge in this registry, with these label names."""
+        return Gauge(name, documentation, labels, registry=self.registry)
 
     def update(self, snapshot: dict[str, Any]) -> None:
         self.phase.info(

@@ -32,6 +32,7 @@ from typing import Any
 from drill import native
 from drill.agenda import REVEAL_FLAG, Phase, format_clock
 from drill.lab import processes, runfiles
+from drill.lab.paths import PathUnder
 from drill.program.annotations import Annotator
 from drill.program.api import HOST, RUNNER_PORT, ApiServer, Board, create_app
 from drill.program.clock import ProgramClock
@@ -46,6 +47,7 @@ from faults import (
     Catalog,
     FlagSetting,
     clear_layer,
+    file_lock,
     load_catalog,
     replace_layer,
     split_setting,
@@ -70,29 +72,15 @@ class ProgramFiles:
     def of(cls, state_dir: Path) -> ProgramFiles:
         return cls(state_dir / "program")
 
-    @property
-    def clock(self) -> Path:
-        return self.directory / "clock.json"
-
-    @property
-    def run(self) -> Path:
-        return self.directory / "run.json"
-
-    @property
-    def journal(self) -> Path:
-        return self.directory / "journal.jsonl"
-
-    @property
-    def log(self) -> Path:
-        return self.directory / "runner.log"
-
-    @property
-    def annotations(self) -> Path:
-        return self.directory / "annotations.json"
+    clock = PathUnder("directory", "clock.json")
+    run = PathUnder("directory", "run.json")
+    journal = PathUnder("directory", "journal.jsonl")
+    log = PathUnder("directory", "runner.log")
+    annotations = PathUnder("directory", "annotations.json")
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """The lock that start, stop and the clock commands hold (the runner only reads)."""
-        return runfiles.locked(self.directory / ".lock")
+        return file_lock(self.directory / ".lock")
 
     def read_clock(self) -> ProgramClock | None:
         """The clock, None when there is no program; a damaged file raises ValueError."""
@@ -116,7 +104,7 @@ class ProgramFiles:
 
     def update_run(self, **fields: Any) -> dict[str, Any]:
         """Change some of run.json's fields: the runner and start may both write it."""
-        with runfiles.locked(self.directory / ".run.lock"):
+        with file_lock(self.directory / ".run.lock"):
             document = {**self.read_run(), **fields}
             self.write_run(document)
         return document
