@@ -479,12 +479,12 @@ def test_report_on_a_native_lab_each_drill_shipped_then_fixed(
             said.append(f"$ drill {' '.join(args)} -> {done.returncode}\n{done.stdout}")
         return done
 
-    # The feed's load warms up for 12 s (scenarios.yaml) and only what follows is judged: 18 s
-    # of 8 readers, each reading every 5-10 s, gives some 20 judged reads. With 4 readers for
+    # The feed's load warms up for 12 s (scenarios.yaml) and only what follows is judged: 12 s
+    # of 10 readers, each reading every 5-10 s, gives some 16 judged reads. With 4 readers for
     # 16 s the judged 4 s could hold no read at all, and a run with nothing to judge fails.
     loads = (
         ("fp-drift", "--duration", "10"),
-        ("n-plus-one", "--duration", "30", "--users", "8"),
+        ("n-plus-one", "--duration", "24", "--users", "10"),
         ("circular-deadlock", "--duration", "10"),
     )
     try:
