@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 import tomllib
 from importlib.metadata import packages_distributions
@@ -112,3 +113,26 @@ def test_the_guardrails_tools_have_their_own_lock() -> None:
     lock = (REPO_ROOT / "guardrails" / "uv.lock").read_text()
     assert 'name = "semgrep"' in lock
     assert "guardrails" not in PYPROJECT["project"]["optional-dependencies"]
+
+
+def test_a_second_bootstrap_keeps_the_venv_it_made() -> None:
+    """scripts/bootstrap names the interpreter uv builds .venv from. A name uv cannot match with
+    the venv's own (a pyenv shim's path) made every sync remove and rebuild .venv, under
+    whatever ran from it at the time (CI's background image build did). A sync with the same
+    extras as scripts/test's must change nothing."""
+    uv = REPO_ROOT / ".venv-uv" / "bin" / "uv"
+    if not uv.exists():
+        pytest.skip("no .venv-uv: run scripts/bootstrap test guardrails first")
+    script = (REPO_ROOT / "scripts" / "bootstrap").read_text()
+    line = next(text for text in script.splitlines() if text.startswith("python="))
+    python = subprocess.run(
+        ["bash", "-c", f'{line}; echo "$python"'], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    done = subprocess.run(
+        [str(uv), "sync", "--dry-run", "--locked", "--python", python,
+         "--extra", "fixes", "--extra", "load", "--extra", "test"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    assert "Would replace" not in said and "Would make no changes" in said, said
