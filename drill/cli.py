@@ -106,10 +106,10 @@ RootOption = Annotated[
 ]
 
 
-def _switch(flag: str, help: str) -> Any:
+def _switch(flag: str, text: str) -> Any:
     """A bool option that only turns on: FLAG alone, without the --no-... twin typer gives every
     bool option by default."""
-    return typer.Option(flag, help=help)
+    return typer.Option(flag, help=text)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

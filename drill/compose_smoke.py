@@ -135,15 +135,9 @@ def _apt_install(*packages: str) -> None:
 # -- 1. the engine ------------------------------------------------------------------------------
 
 
-def _engine_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30).returncode == 0
-
-
 def ensure_engine(report: Report) -> None:
     """A Docker engine that answers, started here when the machine has none running."""
-    if _engine_answers():
+    if compose.engine_answers():
         report.note("Docker engine: already running")
         return
     if shutil.which("dockerd") is None:
@@ -152,7 +146,7 @@ def ensure_engine(report: Report) -> None:
     with open(DOCKERD_LOG, "ab") as log:
         subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
-    while not _engine_answers():
+    while not compose.engine_answers():
         if time.monotonic() > deadline:
             raise SmokeError(f"dockerd did not answer within 60 s; see {DOCKERD_LOG}")
         time.sleep(0.5)
@@ -160,10 +154,6 @@ def ensure_engine(report: Report) -> None:
 
 
 # -- 2. the images ------------------------------------------------------------------------------
-
-
-def image_present(image: str) -> bool:
-    return _run(["docker", "image", "inspect", image], timeout=30).returncode == 0
 
 
 def pulled(image: str) -> bool:
@@ -219,9 +209,9 @@ def build_base(report: Report) -> None:
 
 def ensure_base(report: Report) -> str:
     """The base the lab image builds FROM: the official image, or the local Debian one."""
-    if image_present(OFFICIAL_BASE) or pulled(OFFICIAL_BASE):
+    if compose.image_present(OFFICIAL_BASE) or pulled(OFFICIAL_BASE):
         return OFFICIAL_BASE
-    if not image_present(BASE_IMAGE):
+    if not compose.image_present(BASE_IMAGE):
         build_base(report)
     else:
         report.note(f"{BASE_IMAGE} (local Debian base): present")
@@ -233,7 +223,7 @@ def ensure_images(config: LabConfig, report: Report) -> list[str]:
     base: str | None = None
     absent: list[str] = []
     for image, service in preflight.compose_images(config.root).items():
-        if image == LAB_IMAGE or image_present(image):
+        if image == LAB_IMAGE or compose.image_present(image):
             continue
         if pulled(image):
             report.note(f"{image}: pulled")
@@ -261,7 +251,7 @@ def ensure_images(config: LabConfig, report: Report) -> list[str]:
             raise SmokeError(f"{image} ({service}) is not here and cannot be pulled")
     began = time.monotonic()
     env = dict(os.environ)
-    if not image_present(OFFICIAL_BASE) and not pulled(OFFICIAL_BASE):
+    if not compose.image_present(OFFICIAL_BASE) and not pulled(OFFICIAL_BASE):
         env["DRILL_BASE_IMAGE"] = base or ensure_base(report)
     done = _run([*compose_base(config, []), "build"], env=env, timeout=1800)
     _must(done, "docker compose build")
@@ -493,13 +483,12 @@ def measure_drill_load(config: LabConfig, env: dict[str, str], seconds: int) -> 
     Its verdict is not the smoke's (the shipped code fails by design); only said."""
     from drill.scenarios import load_program
 
-    for scenario in load_program(config.root / "scenarios.yaml").scenarios:
-        done = _drill(config, env, "verify", scenario, "--duration", str(seconds),
+    for name, scenario in load_program(config.root / "scenarios.yaml").scenarios.items():
+        done = _drill(config, env, "verify", name, "--duration", str(seconds),
                       timeout=seconds + 300)  # fmt: skip
-        print(f"     drill load {scenario} ({seconds} s, triggers on): verify exit "
+        print(f"     drill load {name} ({seconds} s, triggers on): verify exit "
               f"{done.returncode}", flush=True)  # fmt: skip
-        _drill(config, env, "restart", *load_program(config.root / "scenarios.yaml")
-               .scenario(scenario).services, timeout=180)  # fmt: skip
+        _drill(config, env, "restart", *scenario.services, timeout=180)
 
 
 # -- 5. memory and teardown ---------------------------------------------------------------------

@@ -37,10 +37,11 @@ from urllib.parse import urlsplit
 import yaml
 
 from drill import native, prometheus
+from drill.compose import image_present
 
 Status = Literal["ok", "warn", "fail", "skip"]
 PYTHON_MIN = (3, 11)
-# The compose lab's memory limits add up to 1,528 MiB (compose.yaml); the native lab's
+# The compose lab's memory limits add up to 1,424 MiB (compose.yaml); the native lab's
 # processes peaked at about 800 MiB with Prometheus. Each with room for the browser and Locust.
 MEMORY_NEED_MIB = {"compose": 2048, "native": 1280}
 # Published ports of the compose lab that the native table does not list.
@@ -170,8 +171,7 @@ def compose_images(root: Path) -> dict[str, str]:
 def check_images(root: Path, offline: bool) -> Check:
     missing = []
     for image, service in compose_images(root).items():
-        done = _run(["docker", "image", "inspect", image])
-        if done is None or done.returncode != 0:
+        if not image_present(image):
             missing.append((image, service))
     if not missing:
         return Check("images", "ok", "every image compose.yaml names is present")

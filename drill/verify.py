@@ -156,7 +156,8 @@ def request_figures(samples: list[Sample], judged: Judged) -> dict[str, float]:
     }
 
 
-def _check_result(check: SlaCheck, value: float) -> CheckResult:
+def check_result(check: SlaCheck, value: float) -> CheckResult:
+    """A check of the SLA on a figure's value: passed when it is a number within the bounds."""
     passed = not math.isnan(value)
     passed = passed and (check.max is None or value <= check.max)
     passed = passed and (check.min is None or value >= check.min)
@@ -183,7 +184,7 @@ def evaluate(
             value = request_figures(chosen, judged)[check.figure]
         else:
             value = figures.get(check.figure, math.nan)
-        results.append(_check_result(check, value))
+        results.append(check_result(check, value))
     return results
 
 

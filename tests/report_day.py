@@ -31,7 +31,7 @@ from drill.report.model import Probe, ProbeRow
 from drill.report.probe import keep
 from drill.report.prom import QUERIES
 from drill.scenarios import Program, load_program
-from drill.verify import VerifyResult, _check_result
+from drill.verify import VerifyResult, check_result
 from tests.conftest import REPO_ROOT
 from tests.servers import QuietHandler, serving
 
@@ -280,7 +280,7 @@ def write_run(
         # The check as verify records it, with the day's verdict rather than one from the value:
         # a failing run misses only the checks on the figures it has failing values for.
         ok = passed or check.figure not in FIGURES[name][0]
-        checks.append(replace(_check_result(check, value), passed=ok))
+        checks.append(replace(check_result(check, value), passed=ok))
     result = VerifyResult(
         scenario=name,
         baseline=False,
